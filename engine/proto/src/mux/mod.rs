@@ -1,0 +1,1 @@
+//! mux (being written).
