@@ -1,0 +1,111 @@
+//! Session settings and the kcptun-named profiles that preset them.
+
+use std::time::Duration;
+
+use crate::arq::{BbrConfig, RateControlConfig, RttClamp};
+use crate::crypto::RekeyLimits;
+use crate::mux::MuxConfig;
+
+/// kcptun's mode names, trading bandwidth for latency: the faster the profile, the sooner a
+/// missing packet is retransmitted and the sooner acknowledgements go out, at the cost of more
+/// spurious retransmissions and more ACK packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    Normal,
+    Fast,
+    #[default]
+    Fast2,
+    Fast3,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 4] = [Profile::Normal, Profile::Fast, Profile::Fast2, Profile::Fast3];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Normal => "normal",
+            Profile::Fast => "fast",
+            Profile::Fast2 => "fast2",
+            Profile::Fast3 => "fast3",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// Everything that shapes one session's behaviour. Built from a [`Profile`] and then adjusted
+/// field by field ("manual settings").
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Largest datagram this end sends (UDP payload bytes).
+    pub mtu: usize,
+    pub rate: RateControlConfig,
+    pub rtt: RttClamp,
+    pub mux: MuxConfig,
+    /// Longest the receiver holds back an acknowledgement.
+    pub max_ack_delay: Duration,
+    /// Acknowledge at once after this many ack-eliciting packets.
+    pub ack_every: u32,
+    /// A packet is lost once this many later packets were acknowledged.
+    pub packet_threshold: u64,
+    /// ... or once it is older than this multiple of the RTT while a later packet was acknowledged.
+    pub time_threshold: f32,
+    /// Send a PING when nothing was sent for this long (keeps NAT bindings and liveness).
+    pub keepalive: Duration,
+    /// The session is gone when nothing authenticated arrived for this long.
+    pub idle_timeout: Duration,
+    /// How long a dialled handshake keeps retrying before it is reported as failed.
+    pub handshake_timeout: Duration,
+    pub rekey: RekeyLimits,
+    /// At most this many datagrams handed out by one `poll_transmit` (one GSO send).
+    pub max_segments: usize,
+}
+
+impl SessionConfig {
+    pub fn for_profile(profile: Profile) -> Self {
+        let mut c = Self::default();
+        let (ack_delay, ratio, min_rtt, threshold) = match profile {
+            Profile::Normal => (25, 2.0, 100, 3),
+            Profile::Fast => (10, 1.5, 50, 3),
+            Profile::Fast2 => (5, 1.25, 30, 3),
+            Profile::Fast3 => (2, 1.1, 10, 2),
+        };
+        c.max_ack_delay = Duration::from_millis(ack_delay);
+        c.rtt.timeout_rtt_ratio = ratio;
+        c.rtt.min_rtt = Duration::from_millis(min_rtt);
+        c.packet_threshold = threshold;
+        c
+    }
+
+    /// Stream payload bytes a full-size packet can carry at most (used by benches and tests to
+    /// compute the link's ceiling).
+    pub fn max_payload(&self) -> usize {
+        self.mtu - crate::wire::Header::DATA_LEN - crate::crypto::TAG_LEN
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        let mtu = 1400;
+        Self {
+            mtu,
+            rate: RateControlConfig::Bbr(BbrConfig {
+                mtu: mtu as u64,
+                ..BbrConfig::default()
+            }),
+            rtt: RttClamp::default(),
+            mux: MuxConfig::default(),
+            max_ack_delay: Duration::from_millis(5),
+            ack_every: 4,
+            packet_threshold: 3,
+            time_threshold: 1.125,
+            keepalive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            rekey: RekeyLimits::default(),
+            max_segments: 16,
+        }
+    }
+}

@@ -1,0 +1,740 @@
+//! One authenticated session with a peer: packet protection, reliability, rate control and
+//! the streams it carries.
+//!
+//! A session is created by the [`crate::endpoint::Endpoint`] once the Noise handshake produced
+//! its keys. From then on it is driven like every sans-IO object here: `handle_packet` and
+//! `handle_timeout` feed it, `poll_transmit`, `poll_timeout` and `poll_event` drain it.
+
+mod ack;
+mod sent;
+mod stats;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::arq::{Pacer, RateControl, RttEstimator};
+use crate::config::SessionConfig;
+use crate::crypto::{ReplayWindow, RxKeys, TAG_LEN, TxKeys};
+use crate::mux::{ReadOutcome, SentFrame, StreamError, StreamEvent, Streams};
+use crate::wire::{
+    AckFrame, Frame, FrameIter, Header, SessionId, Side, StreamId, Writer, decode_packet_number,
+};
+
+use ack::{AckState, MAX_ACK_RANGES};
+use sent::SentPackets;
+pub use stats::SessionStats;
+
+/// Close codes carried by CLOSE frames.
+pub mod close_code {
+    /// The application closed the session.
+    pub const NORMAL: u64 = 0;
+    /// The peer broke the protocol (the mux error's code is in the reason).
+    pub const PROTOCOL: u64 = 1;
+}
+
+/// Datagrams to hand to the network. Several same-size datagrams in one buffer form a GSO batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    /// Bytes written into the caller's buffer.
+    pub size: usize,
+    /// Set when `size` holds several datagrams: each is this long except perhaps the last.
+    pub segment_size: Option<usize>,
+}
+
+impl Transmit {
+    pub fn segments(&self) -> usize {
+        self.segment_size.map_or(1, |s| self.size.div_ceil(s))
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// We closed it.
+    Local { code: u64 },
+    /// The peer sent CLOSE.
+    Peer { code: u64, reason: Vec<u8> },
+    /// Nothing authenticated arrived within the idle timeout: the peer is gone.
+    IdleTimeout,
+    /// The peer violated the protocol.
+    Protocol { code: u64 },
+}
+
+/// Something the application should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The handshake completed and the peer proved it holds the keys.
+    Connected,
+    Stream(StreamEvent),
+    /// A DATAGRAM frame arrived (read it with [`Session::recv_datagram`]).
+    DatagramReceived,
+    /// The session is over; no more events follow.
+    Closed(CloseReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Established,
+    /// We are closing: send CLOSE once, then wait so late packets are absorbed.
+    Closing { until: Instant, close_sent: bool },
+    /// The peer closed: send nothing more.
+    Draining { until: Instant },
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    side: Side,
+    config: SessionConfig,
+    local_id: SessionId,
+    remote_id: SessionId,
+    remote: SocketAddr,
+    state: State,
+    close_frame: Option<(u64, Vec<u8>)>,
+    tx: TxKeys,
+    rx: RxKeys,
+    replay: ReplayWindow,
+    next_pn: u64,
+    sent: SentPackets,
+    acks: AckState,
+    rtt: RttEstimator,
+    cc: RateControl,
+    pacer: Pacer,
+    pto_count: u32,
+    loss_time: Option<Instant>,
+    last_eliciting_sent: Option<Instant>,
+    probes: u8,
+    ping_pending: bool,
+    pacing_wakeup: Option<Instant>,
+    streams: Streams,
+    datagrams_out: VecDeque<Vec<u8>>,
+    datagrams_in: VecDeque<Vec<u8>>,
+    events: VecDeque<SessionEvent>,
+    confirmed: bool,
+    last_received: Instant,
+    last_sent: Instant,
+    stats: SessionStats,
+    scratch_frames: Vec<SentFrame>,
+    scratch_pns: Vec<u64>,
+}
+
+/// What the endpoint hands a new session.
+#[derive(Debug)]
+pub(crate) struct SessionParams {
+    pub side: Side,
+    pub config: SessionConfig,
+    pub local_id: SessionId,
+    pub remote_id: SessionId,
+    pub remote: SocketAddr,
+    pub tx: TxKeys,
+    pub rx: RxKeys,
+}
+
+impl Session {
+    pub(crate) fn new(now: Instant, p: SessionParams) -> Self {
+        let cc = RateControl::new(p.config.rate.clone(), now);
+        let pacer = Pacer::new(Pacer::burst_for(cc.pacing_rate(), p.config.mtu as u64));
+        let rtt = RttEstimator::new(Duration::from_millis(100), p.config.rtt);
+        let mut s = Self {
+            side: p.side,
+            local_id: p.local_id,
+            remote_id: p.remote_id,
+            remote: p.remote,
+            state: State::Established,
+            close_frame: None,
+            tx: p.tx,
+            rx: p.rx,
+            replay: ReplayWindow::default(),
+            next_pn: 0,
+            sent: SentPackets::default(),
+            acks: AckState::default(),
+            rtt,
+            cc,
+            pacer,
+            pto_count: 0,
+            loss_time: None,
+            last_eliciting_sent: None,
+            probes: 0,
+            // The dialling side confirms the handshake to the acceptor straight away.
+            ping_pending: p.side == Side::Client,
+            pacing_wakeup: None,
+            streams: Streams::new(p.side, p.config.mux.clone()),
+            datagrams_out: VecDeque::new(),
+            datagrams_in: VecDeque::new(),
+            events: VecDeque::new(),
+            confirmed: p.side == Side::Client,
+            last_received: now,
+            last_sent: now,
+            stats: SessionStats::default(),
+            scratch_frames: Vec::new(),
+            scratch_pns: Vec::new(),
+            config: p.config,
+        };
+        if s.confirmed {
+            s.events.push_back(SessionEvent::Connected);
+        }
+        s
+    }
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    pub fn local_id(&self) -> SessionId {
+        self.local_id
+    }
+
+    pub fn remote_id(&self) -> SessionId {
+        self.remote_id
+    }
+
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        let mut s = self.stats.clone();
+        s.rtt_smoothed = self.rtt.smoothed();
+        s.rtt_min = self.rtt.min();
+        s.pacing_rate = self.cc.pacing_rate();
+        s.cwnd = self.cc.cwnd();
+        s.bytes_in_flight = self.sent.bytes_in_flight;
+        s.loss_rate = self.cc.loss_rate();
+        s.streams_open = self.streams.open_count() as u64;
+        s.key_generation = self.tx.generation();
+        s
+    }
+
+    /// Whether the session is over and can be dropped.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Whether the acceptor has seen proof that the dialler completed the handshake.
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed
+    }
+
+    // ---- streams and datagrams ----
+
+    pub fn open_stream(&mut self, map_id: u32) -> Result<StreamId, StreamError> {
+        self.streams.open(map_id)
+    }
+
+    pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        self.streams.write(id, data)
+    }
+
+    pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<ReadOutcome, StreamError> {
+        self.streams.read(id, buf)
+    }
+
+    pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        self.streams.finish(id)
+    }
+
+    pub fn reset(&mut self, id: StreamId, error_code: u64) -> Result<(), StreamError> {
+        self.streams.reset(id, error_code)
+    }
+
+    pub fn map_id(&self, id: StreamId) -> Option<u32> {
+        self.streams.map_id(id)
+    }
+
+    /// Queues an unreliable datagram. It is dropped (and counted) if it can never fit a packet.
+    pub fn send_datagram(&mut self, data: &[u8]) -> bool {
+        if data.len() + 3 > self.config.max_payload() - 1 {
+            self.stats.datagrams_dropped += 1;
+            return false;
+        }
+        // Unreliable traffic must not pile up behind a slow link.
+        if self.datagrams_out.len() >= 1024 {
+            self.datagrams_out.pop_front();
+            self.stats.datagrams_dropped += 1;
+        }
+        self.datagrams_out.push_back(data.to_vec());
+        true
+    }
+
+    pub fn recv_datagram(&mut self) -> Option<Vec<u8>> {
+        self.datagrams_in.pop_front()
+    }
+
+    /// Closes the session: the peer is told with a CLOSE frame, streams are abandoned.
+    pub fn close(&mut self, now: Instant, code: u64, reason: &[u8]) {
+        if self.state != State::Established {
+            return;
+        }
+        self.close_frame = Some((code, reason.to_vec()));
+        self.state = State::Closing {
+            until: now + 3 * self.rtt.pto_base(),
+            close_sent: false,
+        };
+        self.events.push_back(SessionEvent::Closed(CloseReason::Local { code }));
+    }
+
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        if !matches!(self.state, State::Established) {
+            return None;
+        }
+        self.streams.poll_event().map(SessionEvent::Stream)
+    }
+
+    // ---- input ----
+
+    /// Handles a data packet addressed to this session. `packet` is the whole datagram; it is
+    /// decrypted in place. Forged, replayed or damaged packets are dropped, counted, and change
+    /// nothing else.
+    pub(crate) fn handle_packet(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        header: &Header,
+        packet: &mut [u8],
+    ) {
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        let header_len = header.len();
+        if packet.len() < header_len + TAG_LEN {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
+        let pn = decode_packet_number(self.acks.largest(), header.truncated_pn);
+        if !self.replay.check(pn) {
+            self.stats.dropped_replayed += 1;
+            return;
+        }
+        let (head, body) = packet.split_at_mut(header_len);
+        let Ok(plain) = self.rx.open(pn, header.key_phase, head, body) else {
+            self.stats.dropped_auth += 1;
+            return;
+        };
+        self.replay.accept(pn);
+        let plain: &[u8] = plain;
+        // Validate every frame before acting on any, so a malformed packet changes nothing.
+        let mut ack_eliciting = false;
+        for frame in FrameIter::new(plain) {
+            match frame {
+                Ok(f) => ack_eliciting |= f.is_ack_eliciting(),
+                Err(_) => {
+                    self.stats.dropped_malformed += 1;
+                    return;
+                }
+            }
+        }
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += packet_len(header_len, plain.len());
+        self.last_received = now;
+        if from != self.remote {
+            // The peer's NAT rebound (or it moved); it proved itself by authenticating.
+            self.remote = from;
+            self.stats.migrations += 1;
+        }
+        if !self.confirmed {
+            self.confirmed = true;
+            self.events.push_back(SessionEvent::Connected);
+        }
+        if matches!(self.state, State::Draining { .. }) {
+            return;
+        }
+        self.acks.on_packet(
+            now,
+            pn,
+            ack_eliciting,
+            self.config.ack_every,
+            self.config.max_ack_delay,
+        );
+        for frame in FrameIter::new(plain).flatten() {
+            self.handle_frame(now, frame);
+            if matches!(self.state, State::Draining { .. } | State::Closed) {
+                break;
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, now: Instant, frame: Frame<'_>) {
+        match frame {
+            Frame::Padding | Frame::Ping => {}
+            Frame::Ack(ack) => self.handle_ack(now, &ack),
+            Frame::Close { error_code, reason } => {
+                self.state = State::Draining {
+                    until: now + 3 * self.rtt.pto_base(),
+                };
+                self.events.push_back(SessionEvent::Closed(CloseReason::Peer {
+                    code: error_code,
+                    reason: reason.to_vec(),
+                }));
+            }
+            Frame::Datagram { data } => {
+                if self.datagrams_in.len() >= 1024 {
+                    self.stats.datagrams_dropped += 1;
+                } else {
+                    self.datagrams_in.push_back(data.to_vec());
+                    self.events.push_back(SessionEvent::DatagramReceived);
+                }
+            }
+            f @ (Frame::Stream { .. } | Frame::Open { .. } | Frame::Reset { .. } | Frame::Window { .. }) => {
+                if let Frame::Stream { data, .. } = f {
+                    self.stats.stream_bytes_received += data.len() as u64;
+                }
+                if let Err(e) = self.streams.handle_frame(&f) {
+                    let code = e.code();
+                    self.close_frame = Some((close_code::PROTOCOL, code.to_string().into_bytes()));
+                    self.state = State::Closing {
+                        until: now + 3 * self.rtt.pto_base(),
+                        close_sent: false,
+                    };
+                    self.events
+                        .push_back(SessionEvent::Closed(CloseReason::Protocol { code }));
+                }
+            }
+        }
+    }
+
+    fn handle_ack(&mut self, now: Instant, ack: &AckFrame<'_>) {
+        if ack.largest >= self.next_pn {
+            // Acknowledging what we never sent: a confused or lying peer. Ignore the frame.
+            self.stats.dropped_malformed += 1;
+            return;
+        }
+        let mut newly = std::mem::take(&mut self.scratch_pns);
+        newly.clear();
+        for range in ack.ranges() {
+            newly.extend(self.sent.newly_acked(range, self.next_pn));
+        }
+        if newly.is_empty() {
+            self.scratch_pns = newly;
+            return;
+        }
+        let mut rtt_sample = None;
+        let mut largest_ack_acked = None;
+        for &pn in &newly {
+            let Some(p) = self.sent.on_acked(pn) else { continue };
+            if pn == ack.largest {
+                rtt_sample = Some(now.saturating_duration_since(p.time));
+            }
+            if p.in_flight {
+                self.cc.on_packet_acked(now, &p.snapshot, p.time, u64::from(p.size));
+            }
+            if let Some(l) = p.largest_ack_sent {
+                largest_ack_acked = Some(largest_ack_acked.map_or(l, |m: u64| m.max(l)));
+            }
+            for f in self.sent.frames(&p) {
+                self.streams.on_frame_acked(f);
+            }
+        }
+        self.scratch_pns = newly;
+        if let Some(l) = largest_ack_acked {
+            self.acks.on_ack_acked(l);
+        }
+        if let Some(sample) = rtt_sample {
+            let delay = Duration::from_micros(ack.ack_delay_us).min(self.config.max_ack_delay);
+            self.rtt.update(delay, sample);
+        }
+        self.pto_count = 0;
+        self.detect_lost(now);
+        self.cc
+            .on_ack_processed(now, &self.rtt, self.sent.bytes_in_flight);
+        self.compact(now);
+    }
+
+    fn loss_delay(&self) -> Duration {
+        let rtt = self.rtt.smoothed().max(self.rtt.latest());
+        rtt.mul_f32(self.config.time_threshold)
+            .max(Duration::from_millis(1))
+    }
+
+    fn detect_lost(&mut self, now: Instant) {
+        let delay = self.loss_delay();
+        let (lost, next) = self
+            .sent
+            .detect_lost(self.config.packet_threshold, now, delay);
+        self.loss_time = next;
+        for pn in lost {
+            self.declare_lost(now, pn);
+        }
+    }
+
+    fn declare_lost(&mut self, now: Instant, pn: u64) {
+        let Some(p) = self.sent.on_lost(pn) else { return };
+        self.stats.packets_lost += 1;
+        self.cc.on_packet_lost(now, &p.snapshot, p.time, u64::from(p.size));
+        for f in self.sent.frames(&p) {
+            if let SentFrame::Stream { len, .. } = f {
+                self.stats.stream_bytes_retransmitted += u64::from(*len);
+            }
+            self.streams.on_frame_lost(f);
+        }
+    }
+
+    fn compact(&mut self, now: Instant) {
+        let keep = now.checked_sub(4 * self.rtt.pto_base()).unwrap_or(now);
+        self.sent.compact(keep);
+    }
+
+    fn pto_deadline(&self) -> Option<Instant> {
+        if self.sent.ack_eliciting_in_flight == 0 {
+            return None;
+        }
+        Some(self.last_eliciting_sent? + self.rtt.rto(self.pto_count))
+    }
+
+    fn idle_deadline(&self) -> Instant {
+        self.last_received + self.config.idle_timeout
+    }
+
+    /// Handles every timer that is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Closing { until, .. } | State::Draining { until } if now >= until => {
+                self.state = State::Closed;
+                return;
+            }
+            State::Closed => return,
+            _ => {}
+        }
+        if now >= self.idle_deadline() {
+            self.state = State::Closed;
+            self.events
+                .push_back(SessionEvent::Closed(CloseReason::IdleTimeout));
+            return;
+        }
+        if self.state != State::Established {
+            return;
+        }
+        if self.loss_time.is_some_and(|t| t <= now) {
+            self.detect_lost(now);
+        }
+        if self.pto_deadline().is_some_and(|t| t <= now) {
+            self.on_pto(now);
+        }
+        if now >= self.last_sent + self.config.keepalive {
+            self.ping_pending = true;
+        }
+        self.compact(now);
+    }
+
+    /// The retransmission timeout fired: everything in flight for longer than the timeout is
+    /// lost, and a probe goes out even if the window is full.
+    fn on_pto(&mut self, now: Instant) {
+        self.stats.timeouts += 1;
+        let rto = self.rtt.rto(self.pto_count);
+        self.pto_count = self.pto_count.saturating_add(1);
+        self.cc.on_rto(now);
+        let cutoff = now.checked_sub(rto).unwrap_or(now);
+        for pn in self.sent.in_flight_before(cutoff) {
+            self.declare_lost(now, pn);
+        }
+        self.probes = 2;
+        if !self.streams.wants_to_send() {
+            self.ping_pending = true;
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = match self.state {
+            State::Closed => return None,
+            State::Closing { until, close_sent } => {
+                return Some(if close_sent { until } else { self.last_sent });
+            }
+            State::Draining { until } => return Some(until),
+            State::Established => self.idle_deadline(),
+        };
+        let mut min = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = t.min(x);
+            }
+        };
+        min(self.acks.deadline());
+        min(self.loss_time);
+        min(self.pto_deadline());
+        min(Some(self.last_sent + self.config.keepalive));
+        if self.wants_to_send_eliciting() {
+            min(self.pacing_wakeup);
+        }
+        Some(t)
+    }
+
+    fn wants_to_send_eliciting(&self) -> bool {
+        self.ping_pending
+            || !self.datagrams_out.is_empty()
+            || self.probes > 0
+            || self.streams.wants_to_send()
+    }
+
+    // ---- output ----
+
+    /// Writes up to `config.max_segments` datagrams into `buf` (a GSO batch), or returns None
+    /// when nothing may be sent now (see [`Session::poll_timeout`]).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let mtu = self.config.mtu;
+        let mut size = 0;
+        let mut segment_size = None;
+        let mut segments = 0;
+        while segments < self.config.max_segments {
+            let cap = segment_size.unwrap_or(mtu);
+            let Some(out) = buf.get_mut(size..size + cap) else {
+                break;
+            };
+            let Some(n) = self.write_packet(now, out) else {
+                break;
+            };
+            segments += 1;
+            size += n;
+            match segment_size {
+                None => segment_size = Some(n),
+                Some(s) if n < s => break,
+                Some(_) => {}
+            }
+        }
+        if segments == 0 {
+            return None;
+        }
+        Some(Transmit {
+            destination: self.remote,
+            size,
+            segment_size: (segments > 1).then_some(segment_size.unwrap_or(size)),
+        })
+    }
+
+    /// Builds one packet into `out`, or decides that nothing should be sent now.
+    fn write_packet(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
+        let mut send_close = false;
+        match self.state {
+            State::Established => {}
+            State::Closing { until, close_sent: false } => {
+                send_close = true;
+                self.state = State::Closing {
+                    until,
+                    close_sent: true,
+                };
+            }
+            _ => return None,
+        }
+        let ack_due = self.acks.is_due(now);
+        let mut eliciting = send_close;
+        if !send_close && self.wants_to_send_eliciting() {
+            let probe = self.probes > 0;
+            let window_open =
+                self.sent.bytes_in_flight + self.config.mtu as u64 <= self.cc.cwnd();
+            if probe || window_open {
+                match self
+                    .pacer
+                    .delay_until(now, self.cc.pacing_rate(), self.config.mtu as u64)
+                {
+                    Some(t) if !probe => self.pacing_wakeup = Some(t),
+                    _ => {
+                        self.pacing_wakeup = None;
+                        eliciting = true;
+                    }
+                }
+            }
+        }
+        if !eliciting && !ack_due {
+            return None;
+        }
+
+        if self.tx.maybe_update(now, self.sent.largest_acked()) {
+            self.stats.key_updates += 1;
+        }
+        let pn = self.next_pn;
+        let header = Header::data(self.remote_id, self.tx.key_phase(), pn);
+        let body_end = out.len().checked_sub(TAG_LEN)?;
+        let (head_and_body, _) = out.split_at_mut(body_end);
+        let mut w = Writer::new(head_and_body);
+        header.emit(&mut w).ok()?;
+        let header_len = w.len();
+
+        let mut largest_ack_sent = None;
+        if self.acks.has_pending() || ack_due {
+            let delay = self.acks.ack_delay(now).as_micros() as u64;
+            if let Ok(n) = AckFrame::encode(&mut w, delay, self.acks.ranges(), MAX_ACK_RANGES) {
+                if n > 0 {
+                    largest_ack_sent = self.acks.largest();
+                    self.acks.on_ack_sent();
+                }
+            }
+        }
+        let mut frames = std::mem::take(&mut self.scratch_frames);
+        frames.clear();
+        if send_close {
+            if let Some((code, reason)) = &self.close_frame {
+                let reason = &reason[..reason.len().min(w.remaining().saturating_sub(16))];
+                let _ = Frame::Close {
+                    error_code: *code,
+                    reason,
+                }
+                .encode(&mut w);
+            }
+        } else if eliciting {
+            if self.ping_pending || (self.probes > 0 && !self.streams.wants_to_send()) {
+                let _ = Frame::Ping.encode(&mut w);
+                self.ping_pending = false;
+            }
+            self.streams
+                .write_frames(now, self.rtt.smoothed(), &mut w, &mut frames);
+            while let Some(d) = self.datagrams_out.front() {
+                let f = Frame::Datagram { data: d };
+                if f.encoded_len() > w.remaining() {
+                    break;
+                }
+                let _ = f.encode(&mut w);
+                self.datagrams_out.pop_front();
+                self.stats.datagrams_sent += 1;
+            }
+            if w.len() == header_len + usize::from(largest_ack_sent.is_some()) * 0 && frames.is_empty() {
+                // The streams had nothing after all; make the packet worth its number.
+                let _ = Frame::Ping.encode(&mut w);
+            }
+            self.probes = self.probes.saturating_sub(1);
+        }
+        let body_len = w.len() - header_len;
+        let (head, body) = out.split_at_mut(header_len);
+        let tag = self.tx.seal(pn, head, &mut body[..body_len]);
+        body[body_len..body_len + TAG_LEN].copy_from_slice(&tag);
+        let size = header_len + body_len + TAG_LEN;
+
+        self.next_pn += 1;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += size as u64;
+        for f in &frames {
+            if let SentFrame::Stream { len, .. } = f {
+                self.stats.stream_bytes_sent += u64::from(*len);
+            }
+        }
+        self.last_sent = now;
+        if eliciting {
+            let snapshot = self
+                .cc
+                .on_packet_sent(now, size as u64, self.sent.bytes_in_flight);
+            self.pacer.on_sent(now, size as u64);
+            self.last_eliciting_sent = Some(now);
+            let packet = SentPackets::new_packet(now, size as u32, true, snapshot, largest_ack_sent);
+            self.sent.push(pn, packet, &frames);
+            if !self.wants_to_send_eliciting() {
+                self.cc.on_app_limited(self.sent.bytes_in_flight);
+            }
+        } else {
+            let snapshot = self.cc.on_packet_sent(now, 0, self.sent.bytes_in_flight);
+            let packet = SentPackets::new_packet(now, size as u32, false, snapshot, largest_ack_sent);
+            self.sent.push(pn, packet, &frames);
+        }
+        self.scratch_frames = frames;
+        Some(size)
+    }
+}
+
+/// Bytes a packet occupied on the wire (before the IP/UDP headers).
+fn packet_len(header_len: usize, plain_len: usize) -> u64 {
+    (header_len + plain_len + TAG_LEN) as u64
+}

@@ -1,0 +1,221 @@
+//! Packets in flight: what each carried, which are acknowledged, which are lost.
+//!
+//! Packet numbers are dense and increasing, so packets live in a deque indexed by
+//! `pn - base`; the frames they carried live in a second deque in the same order, so neither
+//! needs an allocation per packet. Packets above the largest acknowledged number are
+//! "outstanding"; those below it that are still unacknowledged are "holes", kept in a small
+//! ordered set: they are the only candidates for loss, and the only packets an ACK can newly
+//! cover below its largest, so an ACK costs O(newly acknowledged + holes), never O(window).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::ops::Range;
+use std::time::Instant;
+
+use crate::arq::SendSnapshot;
+use crate::mux::SentFrame;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    InFlight,
+    Acked,
+    Lost,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SentPacket {
+    pub time: Instant,
+    pub size: u32,
+    /// Ack-eliciting, and so counted in bytes in flight (everything except ACK-only packets).
+    pub in_flight: bool,
+    pub snapshot: SendSnapshot,
+    /// The largest packet number our ACK frame in this packet covered, if it had one.
+    pub largest_ack_sent: Option<u64>,
+    frames_start: u64,
+    frames_len: u16,
+    pub fate: Fate,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SentPackets {
+    base: u64,
+    packets: VecDeque<SentPacket>,
+    frames_base: u64,
+    frames: VecDeque<SentFrame>,
+    holes: BTreeSet<u64>,
+    largest_acked: Option<u64>,
+    pub bytes_in_flight: u64,
+    /// Packets in flight (all of them elicit an acknowledgement).
+    pub ack_eliciting_in_flight: u64,
+}
+
+impl SentPackets {
+    pub fn largest_acked(&self) -> Option<u64> {
+        self.largest_acked
+    }
+
+    /// Records packet `pn`, which must be the next number (numbers are never reused or skipped).
+    pub fn push(&mut self, pn: u64, mut packet: SentPacket, frames: &[SentFrame]) {
+        if self.packets.is_empty() {
+            self.base = pn;
+        }
+        debug_assert_eq!(pn, self.base + self.packets.len() as u64);
+        packet.frames_start = self.frames_base + self.frames.len() as u64;
+        packet.frames_len = frames.len() as u16;
+        self.frames.extend(frames.iter().copied());
+        if packet.in_flight {
+            self.bytes_in_flight += u64::from(packet.size);
+            self.ack_eliciting_in_flight += 1;
+        }
+        self.packets.push_back(packet);
+    }
+
+    pub fn new_packet(time: Instant, size: u32, in_flight: bool, snapshot: SendSnapshot, largest_ack_sent: Option<u64>) -> SentPacket {
+        SentPacket {
+            time,
+            size,
+            in_flight,
+            snapshot,
+            largest_ack_sent,
+            frames_start: 0,
+            frames_len: 0,
+            fate: Fate::InFlight,
+        }
+    }
+
+    pub fn get(&self, pn: u64) -> Option<&SentPacket> {
+        let idx = pn.checked_sub(self.base)?;
+        self.packets.get(usize::try_from(idx).ok()?)
+    }
+
+    pub fn frames(&self, packet: &SentPacket) -> impl Iterator<Item = &SentFrame> {
+        let start = (packet.frames_start - self.frames_base) as usize;
+        self.frames.range(start..start + usize::from(packet.frames_len))
+    }
+
+    /// The packet numbers an ACK range newly acknowledges, ascending. `end` is clamped to what
+    /// was sent, so a peer acknowledging packets never sent cannot make us loop.
+    pub fn newly_acked(&self, range: Range<u64>, next_pn: u64) -> Vec<u64> {
+        let end = range.end.min(next_pn);
+        let mut out: Vec<u64> = self.holes.range(range.start..end).copied().collect();
+        let above = self.largest_acked.map_or(self.base, |l| l + 1).max(range.start);
+        out.extend(above..end.max(above));
+        out
+    }
+
+    /// Marks `pn` acknowledged. Returns the packet if it was still in flight or lost (a late
+    /// acknowledgement of a packet we already gave up on).
+    pub fn on_acked(&mut self, pn: u64) -> Option<SentPacket> {
+        let prev_largest = self.largest_acked;
+        if prev_largest.is_none_or(|l| pn > l) {
+            // Everything between the old largest and this one that is still in flight is now a hole.
+            let from = prev_largest.map_or(self.base, |l| l + 1);
+            for hole in from..pn {
+                if self.get(hole).is_some_and(|p| p.fate == Fate::InFlight) {
+                    self.holes.insert(hole);
+                }
+            }
+            self.largest_acked = Some(pn);
+        } else {
+            self.holes.remove(&pn);
+        }
+        let idx = usize::try_from(pn.checked_sub(self.base)?).ok()?;
+        let packet = self.packets.get_mut(idx)?;
+        let before = packet.fate;
+        if before == Fate::Acked {
+            return None;
+        }
+        packet.fate = Fate::Acked;
+        let copy = packet.clone();
+        if before == Fate::InFlight {
+            self.leave_flight(&copy);
+        }
+        Some(copy)
+    }
+
+    /// Holes that are lost by the packet or time threshold, ascending. Returns also the instant
+    /// at which the oldest remaining hole will be lost by time, if any.
+    pub fn detect_lost(&mut self, packet_threshold: u64, lost_before: Instant, loss_delay: std::time::Duration) -> (Vec<u64>, Option<Instant>) {
+        let Some(largest) = self.largest_acked else {
+            return (Vec::new(), None);
+        };
+        let mut lost = Vec::new();
+        let mut next_loss_time = None;
+        for &pn in &self.holes {
+            let Some(p) = self.get(pn) else { continue };
+            if pn + packet_threshold <= largest || p.time <= lost_before {
+                lost.push(pn);
+            } else {
+                // Holes are in send order: later ones are younger and closer to `largest`.
+                next_loss_time = Some(p.time + loss_delay);
+                break;
+            }
+        }
+        (lost, next_loss_time)
+    }
+
+    /// Marks `pn` lost and returns it (with its frames still readable until the next `compact`).
+    pub fn on_lost(&mut self, pn: u64) -> Option<SentPacket> {
+        self.holes.remove(&pn);
+        let idx = usize::try_from(pn.checked_sub(self.base)?).ok()?;
+        let packet = self.packets.get_mut(idx)?;
+        if packet.fate != Fate::InFlight {
+            return None;
+        }
+        packet.fate = Fate::Lost;
+        let copy = packet.clone();
+        self.leave_flight(&copy);
+        Some(copy)
+    }
+
+    /// In-flight packets sent at or before `cutoff`, oldest first (for the retransmission timeout).
+    pub fn in_flight_before(&self, cutoff: Instant) -> Vec<u64> {
+        self.packets
+            .iter()
+            .enumerate()
+            .take_while(|(_, p)| p.time <= cutoff)
+            .filter(|(_, p)| p.fate == Fate::InFlight && p.in_flight)
+            .map(|(i, _)| self.base + i as u64)
+            .collect()
+    }
+
+    /// The send time of the oldest ack-eliciting packet in flight.
+    pub fn oldest_in_flight(&self) -> Option<Instant> {
+        if let Some(&pn) = self.holes.first() {
+            return self.get(pn).map(|p| p.time);
+        }
+        let from = self.largest_acked.map_or(self.base, |l| l + 1);
+        let idx = usize::try_from(from.checked_sub(self.base).unwrap_or(0)).ok()?;
+        self.packets.iter().skip(idx).find(|p| p.fate == Fate::InFlight && p.in_flight).map(|p| p.time)
+    }
+
+    /// Drops resolved packets (and their frames) from the front. Packets lost long ago are kept
+    /// for a while so a late acknowledgement can still save a retransmission.
+    pub fn compact(&mut self, keep_lost_after: Instant) {
+        while let Some(front) = self.packets.front() {
+            let done = match front.fate {
+                Fate::Acked => true,
+                Fate::Lost => front.time < keep_lost_after,
+                Fate::InFlight => false,
+            };
+            if !done {
+                break;
+            }
+            let n = usize::from(front.frames_len);
+            self.frames.drain(..n);
+            self.frames_base += n as u64;
+            self.packets.pop_front();
+            self.base += 1;
+        }
+    }
+
+    fn leave_flight(&mut self, packet: &SentPacket) {
+        if packet.in_flight {
+            self.bytes_in_flight -= u64::from(packet.size);
+            self.ack_eliciting_in_flight -= 1;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.packets.len()
+    }
+}

@@ -1,0 +1,34 @@
+//! Per-session counters that `ctl stats` reads.
+
+use std::time::Duration;
+
+/// A snapshot of one session's counters and estimates.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SessionStats {
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Stream payload bytes put in packets (first transmissions and retransmissions).
+    pub stream_bytes_sent: u64,
+    pub stream_bytes_received: u64,
+    pub stream_bytes_retransmitted: u64,
+    pub packets_lost: u64,
+    pub timeouts: u64,
+    pub dropped_auth: u64,
+    pub dropped_replayed: u64,
+    pub dropped_malformed: u64,
+    pub datagrams_sent: u64,
+    pub datagrams_dropped: u64,
+    pub key_updates: u64,
+    pub key_generation: u64,
+    pub migrations: u64,
+    pub rtt_smoothed: Duration,
+    pub rtt_min: Duration,
+    pub pacing_rate: u64,
+    pub cwnd: u64,
+    pub bytes_in_flight: u64,
+    pub loss_rate: f64,
+    pub streams_open: u64,
+}
