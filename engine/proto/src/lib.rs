@@ -14,3 +14,10 @@ pub mod arq;
 pub mod crypto;
 pub mod mux;
 pub mod wire;
+pub mod config;
+pub mod endpoint;
+pub mod session;
+
+pub use config::{Profile, SessionConfig};
+pub use endpoint::{Endpoint, EndpointConfig, EndpointStats, Event};
+pub use session::{CloseReason, Session, SessionEvent, SessionStats, Transmit};

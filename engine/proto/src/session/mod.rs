@@ -8,6 +8,8 @@
 mod ack;
 mod sent;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -58,6 +60,10 @@ pub enum CloseReason {
     Peer { code: u64, reason: Vec<u8> },
     /// Nothing authenticated arrived within the idle timeout: the peer is gone.
     IdleTimeout,
+    /// A dial got no valid answer within the handshake timeout.
+    HandshakeTimeout,
+    /// The peer's handshake answer authenticated but carried unusable parameters.
+    HandshakeFailed,
     /// The peer violated the protocol.
     Protocol { code: u64 },
 }
@@ -731,6 +737,18 @@ impl Session {
         }
         self.scratch_frames = frames;
         Some(size)
+    }
+}
+
+#[cfg(test)]
+impl Session {
+    /// The frames of the packet sent last (for tests that drop packets by content).
+    pub(crate) fn last_packet_frames(&self) -> Vec<SentFrame> {
+        let Some(pn) = self.next_pn.checked_sub(1) else { return Vec::new() };
+        match self.sent.get(pn) {
+            Some(p) => self.sent.frames(p).copied().collect(),
+            None => Vec::new(),
+        }
     }
 }
 

@@ -1,0 +1,125 @@
+//! Session behaviour that needs a look inside: which frames a packet carried.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::crypto::Psk;
+use crate::endpoint::{Endpoint, EndpointConfig};
+
+struct Flight {
+    at: Instant,
+    to_server: bool,
+    data: Vec<u8>,
+}
+
+/// Acceptance 4: while every packet carrying the start of stream A is dropped (so A can never
+/// deliver a byte), stream B's data is readable as soon as its packet arrives.
+#[test]
+fn a_stalled_stream_never_delays_another() {
+    let client_addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let server_addr: SocketAddr = "127.0.0.1:2".parse().unwrap();
+    let mut config = EndpointConfig::new(Psk::from_bytes([3; 32]));
+    config.session.max_segments = 1; // one packet per transmit, so each can be inspected
+    let mut client_cfg = config.clone();
+    client_cfg.accept = false;
+    let mut client = Endpoint::new(client_cfg, [1; 32]);
+    let mut server = Endpoint::new(config, [2; 32]);
+    let one_way = Duration::from_millis(25);
+    let mut now = Instant::now();
+    let start = now;
+    let cid = client.connect(now, server_addr);
+    let mut flights: Vec<Flight> = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    let (mut a, mut b) = (None, None);
+    let mut b_written_at = None;
+    let mut b_sent_at: Option<Instant> = None;
+    let mut b_readable_at = None;
+    let mut dropped_a = 0;
+    let mut a_bytes_read = 0;
+    while now < start + Duration::from_secs(5) && b_readable_at.is_none() {
+        // Application: once connected, stream A gets 256 KiB; 1 s later B gets a small message.
+        if let Some(s) = client.session_mut(cid) {
+            if a.is_none() {
+                let id = s.open_stream(1).unwrap();
+                let data = vec![0xaa; 256 * 1024];
+                let mut off = 0;
+                while off < data.len() {
+                    let n = s.write(id, &data[off..]).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    off += n;
+                }
+                a = Some(id);
+            }
+            if b.is_none() && now >= start + Duration::from_secs(1) {
+                let id = s.open_stream(2).unwrap();
+                assert_eq!(s.write(id, b"urgent").unwrap(), 6);
+                b = Some(id);
+                b_written_at = Some(now);
+            }
+        }
+        // Output: the client's packets carrying A's first bytes never arrive.
+        while let Some(t) = client.poll_transmit(now, &mut buf) {
+            let session = client.session(cid);
+            let frames = session.map(|s| s.last_packet_frames()).unwrap_or_default();
+            let carries_a_start = frames.iter().any(|f| matches!(f, SentFrame::Stream { id, offset: 0, .. } if Some(*id) == a));
+            let carries_b = frames.iter().any(|f| matches!(f, SentFrame::Stream { id, .. } if Some(*id) == b));
+            if carries_b && b_sent_at.is_none() {
+                b_sent_at = Some(now);
+            }
+            if carries_a_start {
+                dropped_a += 1;
+                continue;
+            }
+            flights.push(Flight { at: now + one_way, to_server: true, data: buf[..t.size].to_vec() });
+        }
+        while let Some(t) = server.poll_transmit(now, &mut buf) {
+            flights.push(Flight { at: now + one_way, to_server: false, data: buf[..t.size].to_vec() });
+        }
+        while client.poll_event().is_some() {}
+        while let Some(ev) = server.poll_event() {
+            if let SessionEvent::Stream(StreamEvent::Readable { id }) = ev.kind {
+                let s = server.session_mut(ev.session).unwrap();
+                let mut out = [0u8; 4096];
+                let r = s.read(id, &mut out).unwrap();
+                if s.map_id(id) == Some(2) && r.len > 0 {
+                    assert_eq!(&out[..r.len], b"urgent");
+                    b_readable_at = Some(now);
+                } else {
+                    a_bytes_read += r.len;
+                }
+            }
+        }
+        // Advance virtual time to the next delivery or timer.
+        let next = flights
+            .iter()
+            .map(|f| f.at)
+            .chain(client.poll_timeout())
+            .chain(server.poll_timeout())
+            .min()
+            .unwrap();
+        let next = if b.is_none() { next.min(start + Duration::from_secs(1)) } else { next };
+        now = now.max(next);
+        let (due, rest): (Vec<_>, Vec<_>) = flights.into_iter().partition(|f| f.at <= now);
+        flights = rest;
+        for mut f in due {
+            if f.to_server {
+                server.handle_datagram(now, client_addr, &mut f.data);
+            } else {
+                client.handle_datagram(now, server_addr, &mut f.data);
+            }
+        }
+        client.handle_timeout(now);
+        server.handle_timeout(now);
+    }
+    let written = b_written_at.expect("B was written");
+    let sent = b_sent_at.expect("B was sent");
+    let readable = b_readable_at.expect("B became readable");
+    assert!(dropped_a >= 2, "A's first packet was dropped repeatedly ({dropped_a})");
+    assert_eq!(a_bytes_read, 0, "A must still be stalled");
+    // B left within the pacing interval of a packet or two, and was readable on arrival.
+    assert!(sent - written <= Duration::from_millis(2), "B waited {:?} to be sent", sent - written);
+    assert_eq!(readable - sent, one_way, "B was not readable on arrival");
+}
