@@ -134,18 +134,18 @@ impl PacketKey {
     }
 
     fn checksum(&self, pn: u64, header: &[u8], payload: &[u8]) -> [u8; TAG_LEN] {
-        let mut acc = [0u8; TAG_LEN];
-        for (i, b) in self.key.iter().enumerate() {
-            acc[i % TAG_LEN] ^= b;
-        }
         // Lengths are folded in so moving bytes between header and payload changes the tag.
         let lens = ((header.len() as u64) << 32) ^ payload.len() as u64;
-        let prefix = nonce_bytes(pn).into_iter().chain(lens.to_be_bytes());
-        for (i, b) in prefix
+        let input = self
+            .key
+            .iter()
+            .copied()
+            .chain(nonce_bytes(pn))
+            .chain(lens.to_be_bytes())
             .chain(header.iter().copied())
-            .chain(payload.iter().copied())
-            .enumerate()
-        {
+            .chain(payload.iter().copied());
+        let mut acc = [0u8; TAG_LEN];
+        for (i, b) in input.enumerate() {
             let slot = i % TAG_LEN;
             acc[slot] = acc[slot].rotate_left(3) ^ b;
         }
@@ -186,6 +186,7 @@ mod tests {
         let plain = vec![0x5a; 1350];
         let mut buf = sealed(&key, 42, &plain);
         assert_eq!(buf.len(), plain.len() + TAG_LEN);
+        #[cfg(not(all(fuzzing, feature = "fuzzing-null-cipher")))]
         assert_ne!(&buf[..plain.len()], &plain[..], "payload must be encrypted");
         let out = key.open_in_place(42, HEADER, &mut buf).unwrap();
         assert_eq!(out, &plain[..]);
@@ -203,6 +204,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(all(fuzzing, feature = "fuzzing-null-cipher")))]
     fn known_answer() {
         // AES-256-GCM, key = 0^32, nonce = 0^12, no AAD, empty plaintext (NIST GCM test case 13).
         let key = PacketKey::new(&[0; 32]);
