@@ -84,7 +84,7 @@ fn decode_params(payload: &[u8]) -> Option<SessionId> {
 #[derive(Debug)]
 struct Dial {
     remote: SocketAddr,
-    /// Consumed by a response that fails to authenticate; a fresh one is made for the next try.
+    /// None only if starting the handshake failed; retried at the next attempt.
     initiator: Option<Initiator>,
     packet: Vec<u8>,
     next_retry: Instant,
@@ -292,17 +292,13 @@ impl Endpoint {
             self.stats.unknown_session += 1;
             return;
         };
-        let Some(initiator) = dial.initiator.take() else {
+        let Some(initiator) = dial.initiator.as_mut() else {
             self.stats.handshake_failures += 1;
             return;
         };
+        // A forged or damaged answer leaves the handshake as it was: the real one still works.
         let Ok((payload, keys)) = initiator.finish(msg2) else {
-            // A forged or damaged answer spent this attempt's state; retry with a fresh one.
             self.stats.handshake_failures += 1;
-            let mut dial = self.dials.remove(&id).expect("present above");
-            self.start_dial(id, &mut dial);
-            dial.next_retry = now;
-            self.dials.insert(id, dial);
             return;
         };
         let Some(remote_id) = decode_params(&payload) else {

@@ -14,7 +14,6 @@
 // `cfg(fuzzing)` is set by cargo-fuzz and unknown to rustc's cfg checker. The workspace lints
 // (root Cargo.toml) are the right place to declare it (`check-cfg = ['cfg(fuzzing)']`); until
 // then, allow it here only.
-#![allow(unexpected_cfgs)]
 
 use std::fmt;
 
