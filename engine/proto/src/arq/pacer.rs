@@ -12,6 +12,8 @@
 use std::time::{Duration, Instant};
 
 const NANOS_PER_SEC: i128 = 1_000_000_000;
+/// Longest delay ever returned.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// Token-bucket pacer.
 #[derive(Debug, Clone)]
@@ -78,11 +80,10 @@ impl Pacer {
         let rate = i128::from(rate);
         // Round up so that the tokens are really there at the returned instant.
         let wait_ns = (deficit + rate - 1) / rate;
-        let wait = Duration::from_nanos(u64::try_from(wait_ns).unwrap_or(u64::MAX));
-        Some(
-            now.checked_add(wait)
-                .unwrap_or(now + Duration::from_secs(3600)),
-        )
+        // Capped so that absurd rates cannot push the instant out of range; the caller asks
+        // again when the timer fires anyway.
+        let wait = Duration::from_nanos(u64::try_from(wait_ns).unwrap_or(u64::MAX)).min(MAX_WAIT);
+        Some(now.checked_add(wait).unwrap_or(now))
     }
 
     /// Accounts for `bytes` sent at `now`.
