@@ -19,7 +19,7 @@
 //! * dividing the delivery rate by `(1 - p)`: has the same flaw if `p` includes queue drops, but
 //!   is only as wrong as `p` is.
 //!
-//! We use the second, with `p` estimated from ACKs processed while the path showed no queue (see
+//! We use the second, with `p` estimated over packets sent while the path showed no queue (see
 //! [`super::loss`]): queue drops happen only when the queue is full, so they are excluded, while
 //! random drops are independent of the queue and measured without bias. `p` is capped at 0.3 so
 //! that a pathological path cannot make us send more than 1/0.7 of what is delivered. The
