@@ -178,16 +178,6 @@ impl SentPackets {
             .collect()
     }
 
-    /// The send time of the oldest ack-eliciting packet in flight.
-    pub fn oldest_in_flight(&self) -> Option<Instant> {
-        if let Some(&pn) = self.holes.first() {
-            return self.get(pn).map(|p| p.time);
-        }
-        let from = self.largest_acked.map_or(self.base, |l| l + 1);
-        let idx = usize::try_from(from.checked_sub(self.base).unwrap_or(0)).ok()?;
-        self.packets.iter().skip(idx).find(|p| p.fate == Fate::InFlight && p.in_flight).map(|p| p.time)
-    }
-
     /// Drops resolved packets (and their frames) from the front. Packets lost long ago are kept
     /// for a while so a late acknowledgement can still save a retransmission.
     pub fn compact(&mut self, keep_lost_after: Instant) {
@@ -213,9 +203,5 @@ impl SentPackets {
             self.bytes_in_flight -= u64::from(packet.size);
             self.ack_eliciting_in_flight -= 1;
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.packets.len()
     }
 }
