@@ -73,7 +73,7 @@ impl RangeSet {
     }
 
     pub(super) fn remove(&mut self, start: u64, end: u64) {
-        if start >= end {
+        if start >= end || self.map.is_empty() {
             return;
         }
         if let Some((&ps, &pe)) = self.map.range(..start).next_back() {

@@ -95,7 +95,6 @@ impl Hasher for IdHasher {
 type StreamMap = HashMap<StreamId, Stream, BuildHasherDefault<IdHasher>>;
 
 /// All streams of one session. See the [module docs](super).
-#[derive(Debug)]
 pub struct Streams {
     side: Side,
     config: MuxConfig,
@@ -121,6 +120,21 @@ pub struct Streams {
     session_consumed: u64,
     session_window: RecvWindow,
     session_window_queued: bool,
+}
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the buffers: they can hold megabytes.
+        f.debug_struct("Streams")
+            .field("side", &self.side)
+            .field("streams", &self.streams.len())
+            .field("session_sent", &self.session_sent)
+            .field("session_max_data", &self.session_max_data)
+            .field("session_received", &self.session_received)
+            .field("session_consumed", &self.session_consumed)
+            .field("session_window", &self.session_window.max)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Streams {
@@ -215,7 +229,7 @@ impl Streams {
         let Some(s) = self.streams.get_mut(&id).filter(|s| s.reported) else {
             return Err(self.missing(id));
         };
-        if s.send.is_reset() {
+        if s.send.is_reset() || s.peer_reset.is_some() {
             return Ok(());
         }
         s.send.reset(error_code);
