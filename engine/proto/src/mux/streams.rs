@@ -341,7 +341,8 @@ impl Streams {
     /// Appends as many frames as fit: control frames, then lost data, then new data, each stream
     /// getting one frame per turn. The last frame fills the writer exactly when data allows (it
     /// then omits its length, so nothing can follow it). `now` and `rtt` drive window
-    /// auto-tuning.
+    /// auto-tuning. Any single frame fits in 32 bytes; with less room it may write nothing (and
+    /// stops at the first control frame that does not fit), so give it a whole packet's room.
     pub fn write_frames(
         &mut self,
         now: Instant,
