@@ -4,8 +4,10 @@ use std::time::{Duration, Instant};
 
 use crate::arq::RangeSet;
 
-/// The most ranges one ACK frame reports; older gaps are the peer's to give up on by time.
-pub(crate) const MAX_ACK_RANGES: usize = 32;
+/// The most ranges one ACK frame reports (it also stops where the packet is full). On a lossy
+/// path every packet lost in the last round trip is a gap; too few ranges and the sender would
+/// take packets that arrived for lost and send them again.
+pub(crate) const MAX_ACK_RANGES: usize = 256;
 
 #[derive(Debug, Default)]
 pub(crate) struct AckState {

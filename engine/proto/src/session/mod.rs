@@ -426,6 +426,15 @@ impl Session {
         let mut largest_ack_acked = None;
         for &pn in &newly {
             let Some(p) = self.sent.on_acked(pn) else { continue };
+            if p.fate == sent::Fate::Lost {
+                // It arrived after all: the loss was spurious. Its frames were re-queued; the
+                // acknowledgement below cancels what was not re-sent yet.
+                self.stats.spurious_losses += 1;
+                for f in self.sent.frames(&p) {
+                    self.streams.on_frame_acked(f);
+                }
+                continue;
+            }
             if pn == ack.largest {
                 rtt_sample = Some(now.saturating_duration_since(p.time));
             }

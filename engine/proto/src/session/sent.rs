@@ -42,6 +42,8 @@ pub(crate) struct SentPackets {
     frames_base: u64,
     frames: VecDeque<SentFrame>,
     holes: BTreeSet<u64>,
+    /// Packets declared lost and still kept: a late acknowledgement reveals a spurious loss.
+    lost: BTreeSet<u64>,
     largest_acked: Option<u64>,
     pub bytes_in_flight: u64,
     /// Packets in flight (all of them elicit an acknowledgement).
@@ -97,6 +99,7 @@ impl SentPackets {
     pub fn newly_acked(&self, range: Range<u64>, next_pn: u64) -> Vec<u64> {
         let end = range.end.min(next_pn);
         let mut out: Vec<u64> = self.holes.range(range.start..end).copied().collect();
+        out.extend(self.lost.range(range.start..end).copied());
         let above = self.largest_acked.map_or(self.base, |l| l + 1).max(range.start);
         out.extend(above..end.max(above));
         out
@@ -117,6 +120,7 @@ impl SentPackets {
             self.largest_acked = Some(pn);
         } else {
             self.holes.remove(&pn);
+            self.lost.remove(&pn);
         }
         let idx = usize::try_from(pn.checked_sub(self.base)?).ok()?;
         let packet = self.packets.get_mut(idx)?;
@@ -125,7 +129,9 @@ impl SentPackets {
             return None;
         }
         packet.fate = Fate::Acked;
-        let copy = packet.clone();
+        // The caller learns what the packet was before: in flight, or given up for lost.
+        let mut copy = packet.clone();
+        copy.fate = before;
         if before == Fate::InFlight {
             self.leave_flight(&copy);
         }
@@ -156,6 +162,7 @@ impl SentPackets {
     /// Marks `pn` lost and returns it (with its frames still readable until the next `compact`).
     pub fn on_lost(&mut self, pn: u64) -> Option<SentPacket> {
         self.holes.remove(&pn);
+        self.lost.insert(pn);
         let idx = usize::try_from(pn.checked_sub(self.base)?).ok()?;
         let packet = self.packets.get_mut(idx)?;
         if packet.fate != Fate::InFlight {
@@ -192,6 +199,7 @@ impl SentPackets {
             }
             let n = usize::from(front.frames_len);
             self.frames.drain(..n);
+            self.lost.remove(&self.base);
             self.frames_base += n as u64;
             self.packets.pop_front();
             self.base += 1;

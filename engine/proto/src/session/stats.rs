@@ -15,6 +15,8 @@ pub struct SessionStats {
     pub stream_bytes_received: u64,
     pub stream_bytes_retransmitted: u64,
     pub packets_lost: u64,
+    /// Packets declared lost that were acknowledged later.
+    pub spurious_losses: u64,
     pub timeouts: u64,
     pub dropped_auth: u64,
     pub dropped_replayed: u64,
