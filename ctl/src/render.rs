@@ -1,0 +1,174 @@
+//! Human-readable output for `ctl status` and `ctl stats`.
+
+use std::io::{self, Write};
+
+use engine_api::control::{Stats, Status};
+
+pub(crate) fn status(out: &mut impl Write, status: &Status) -> io::Result<()> {
+    writeln!(out, "engine {} is running", status.engine_version)?;
+    writeln!(out, "  config    {}", status.config)?;
+    writeln!(out, "  uptime    {}", duration(status.uptime_secs))?;
+    writeln!(out, "  shards    {}", status.shards)?;
+    writeln!(out, "  sessions  {}", status.sessions)?;
+    writeln!(out, "  streams   {}", status.streams)
+}
+
+pub(crate) fn stats(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
+    let rows: [(&str, String); 11] = [
+        ("uptime", duration(stats.uptime_secs)),
+        ("sessions", stats.sessions.to_string()),
+        ("streams", stats.streams.to_string()),
+        ("packets sent", stats.packets_sent.to_string()),
+        ("packets received", stats.packets_received.to_string()),
+        ("bytes sent", bytes(stats.bytes_sent)),
+        ("bytes received", bytes(stats.bytes_received)),
+        ("packets lost", stats.packets_lost.to_string()),
+        (
+            "frames retransmitted",
+            stats.frames_retransmitted.to_string(),
+        ),
+        (
+            "frames recovered by FEC",
+            stats.frames_recovered_fec.to_string(),
+        ),
+        ("packets rejected", stats.packets_rejected.to_string()),
+    ];
+    for (name, value) in rows {
+        writeln!(out, "{name:<24}{value}")?;
+    }
+    Ok(())
+}
+
+/// One line per `--watch` sample: rates over the last interval, then gauges. The first sample
+/// has no previous one to diff against, so its rate columns are left empty.
+pub(crate) fn stats_row(
+    out: &mut impl Write,
+    previous: Option<&Stats>,
+    now: &Stats,
+    interval_secs: u64,
+) -> io::Result<()> {
+    let Some(previous) = previous else {
+        writeln!(
+            out,
+            "{:>10} {:>10} {:>10} {:>12} {:>12} {:>8} {:>8} {:>8} {:>8}",
+            "uptime",
+            "pkt/s out",
+            "pkt/s in",
+            "out/s",
+            "in/s",
+            "lost/s",
+            "retx/s",
+            "sessions",
+            "streams"
+        )?;
+        return writeln!(
+            out,
+            "{:>10} {:>10} {:>10} {:>12} {:>12} {:>8} {:>8} {:>8} {:>8}",
+            duration(now.uptime_secs),
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            now.sessions,
+            now.streams
+        );
+    };
+    // Counters restart from zero if the engine restarted between samples; saturate rather
+    // than print nonsense.
+    let rate = |new: u64, old: u64| new.saturating_sub(old) / interval_secs.max(1);
+    writeln!(
+        out,
+        "{:>10} {:>10} {:>10} {:>12} {:>12} {:>8} {:>8} {:>8} {:>8}",
+        duration(now.uptime_secs),
+        rate(now.packets_sent, previous.packets_sent),
+        rate(now.packets_received, previous.packets_received),
+        bytes(rate(now.bytes_sent, previous.bytes_sent)),
+        bytes(rate(now.bytes_received, previous.bytes_received)),
+        rate(now.packets_lost, previous.packets_lost),
+        rate(now.frames_retransmitted, previous.frames_retransmitted),
+        now.sessions,
+        now.streams
+    )
+}
+
+fn duration(secs: u64) -> String {
+    let (days, hours, minutes, secs) =
+        (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
+    match (days, hours, minutes) {
+        (0, 0, 0) => format!("{secs}s"),
+        (0, 0, _) => format!("{minutes}m{secs:02}s"),
+        (0, _, _) => format!("{hours}h{minutes:02}m{secs:02}s"),
+        _ => format!("{days}d{hours:02}h{minutes:02}m"),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match (unit, UNITS.get(unit)) {
+        (0, _) => format!("{n} B"),
+        (_, Some(name)) => format!("{value:.1} {name}"),
+        (_, None) => format!("{n} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(61), "1m01s");
+        assert_eq!(duration(3_600 + 2 * 60 + 3), "1h02m03s");
+        assert_eq!(duration(2 * 86_400 + 5 * 3_600 + 7 * 60 + 9), "2d05h07m");
+    }
+
+    #[test]
+    fn byte_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+        assert_eq!(bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn stats_table_and_rows() {
+        let old = Stats {
+            packets_sent: 100,
+            bytes_sent: 1000,
+            ..Stats::default()
+        };
+        let new = Stats {
+            uptime_secs: 4,
+            packets_sent: 300,
+            bytes_sent: 3048,
+            sessions: 2,
+            ..Stats::default()
+        };
+        let mut out = Vec::new();
+        stats(&mut out, &new).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("packets sent            300\n"), "{text}");
+        assert!(text.contains("bytes sent              3.0 KiB\n"), "{text}");
+
+        let mut out = Vec::new();
+        stats_row(&mut out, None, &old, 2).unwrap();
+        stats_row(&mut out, Some(&old), &new, 2).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let last = text.lines().last().unwrap();
+        let columns: Vec<&str> = last.split_whitespace().collect();
+        assert_eq!(
+            columns,
+            ["4s", "100", "0", "1.0", "KiB", "0", "B", "0", "0", "2", "0"]
+        );
+    }
+}

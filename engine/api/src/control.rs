@@ -1,0 +1,335 @@
+//! The control protocol between `ctl` and a running engine.
+//!
+//! Transport: a Unix stream socket (by default [`DEFAULT_SOCKET_PATH`]). Framing: one JSON value
+//! per line (newline-delimited JSON), UTF-8, no embedded newlines; serde_json never emits a raw
+//! newline inside a value, so a line is always exactly one message. The client writes a
+//! [`Request`] line and reads one [`Response`] line; it may send further requests on the same
+//! connection (`ctl stats --watch` does).
+//!
+//! Every request carries the protocol [`version`](Request::version) so that an engine can refuse
+//! a client it does not understand with a [`Response::Error`] instead of guessing.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The control protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Where the engine listens for control connections unless the config says otherwise.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/coretun/engine.sock";
+
+/// Longest request or response line a peer has to accept, newline included. Bounds the memory a
+/// misbehaving client can make the engine buffer.
+pub const MAX_LINE_LEN: usize = 1 << 20;
+
+/// One request from `ctl` to the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// The [`PROTOCOL_VERSION`] the client speaks.
+    pub version: u32,
+    /// What the client asks for.
+    pub command: Command,
+}
+
+impl Request {
+    /// A request for `command` at this crate's [`PROTOCOL_VERSION`].
+    pub fn new(command: Command) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            command,
+        }
+    }
+
+    /// Parses one request line (with or without its trailing newline).
+    ///
+    /// Rejects anything but a single well-formed request, including a request for another
+    /// protocol version, so the engine can answer with the reason.
+    pub fn parse(line: &[u8]) -> Result<Self, ParseError> {
+        let request: Self = parse_line(line)?;
+        if request.version != PROTOCOL_VERSION {
+            return Err(ParseError::Version {
+                got: request.version,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        Ok(request)
+    }
+
+    /// The request as one line of JSON, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        to_line(self)
+    }
+}
+
+/// The operations the engine serves.
+///
+/// Exhaustive on purpose: engine and ctl ship together, and the engine's dispatch should fail to
+/// compile when a command is added. Old clients are told apart by [`Request::version`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Is the engine up, and what is it running.
+    Status,
+    /// Traffic counters.
+    Stats,
+    /// Re-read the config file and apply what can change without a restart (the maps).
+    Reload,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Status => "status",
+            Self::Stats => "stats",
+            Self::Reload => "reload",
+        })
+    }
+}
+
+/// The engine's answer to one [`Request`].
+///
+/// Unknown fields are ignored (unlike in [`Request`]), so an engine may add fields to an answer
+/// without breaking older clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Response {
+    /// Answer to [`Command::Status`].
+    Status(Status),
+    /// Answer to [`Command::Stats`].
+    Stats(Stats),
+    /// Answer to [`Command::Reload`]: the new config is in effect.
+    Reloaded {
+        /// How many listen maps the engine serves after the reload.
+        maps: u32,
+    },
+    /// The request was not served.
+    Error {
+        /// Why, for a human.
+        message: String,
+    },
+}
+
+impl Response {
+    /// Parses one response line (with or without its trailing newline).
+    pub fn parse(line: &[u8]) -> Result<Self, ParseError> {
+        parse_line(line)
+    }
+
+    /// The response as one line of JSON, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        to_line(self)
+    }
+}
+
+/// What the engine is running.
+///
+/// Fields added in later versions default when absent, so an older `ctl` keeps working against a
+/// newer engine and the other way round.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Status {
+    /// The engine's package version.
+    pub engine_version: String,
+    /// Path of the config file the engine runs.
+    pub config: String,
+    /// Seconds since the engine started.
+    pub uptime_secs: u64,
+    /// Dataplane threads (one per core).
+    pub shards: u32,
+    /// Established sessions with peers.
+    pub sessions: u64,
+    /// Open multiplexed streams across all sessions.
+    pub streams: u64,
+}
+
+/// Traffic counters, summed over all shards since the engine started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stats {
+    /// Seconds since the engine started, so a client can compute rates.
+    pub uptime_secs: u64,
+    /// UDP datagrams sent to peers.
+    pub packets_sent: u64,
+    /// UDP datagrams received from peers.
+    pub packets_received: u64,
+    /// Bytes of UDP payload sent to peers.
+    pub bytes_sent: u64,
+    /// Bytes of UDP payload received from peers.
+    pub bytes_received: u64,
+    /// Packets declared lost by the ARQ.
+    pub packets_lost: u64,
+    /// Frames sent again after a loss.
+    pub frames_retransmitted: u64,
+    /// Frames rebuilt from FEC parity instead of being retransmitted.
+    pub frames_recovered_fec: u64,
+    /// Datagrams dropped because they failed authentication or replayed an old packet number.
+    pub packets_rejected: u64,
+    /// Established sessions with peers.
+    pub sessions: u64,
+    /// Open multiplexed streams across all sessions.
+    pub streams: u64,
+}
+
+/// Why a control line could not be parsed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// Longer than [`MAX_LINE_LEN`].
+    #[error("control message of {len} bytes exceeds the limit of {MAX_LINE_LEN} bytes")]
+    TooLong {
+        /// Length of the offending line.
+        len: usize,
+    },
+    /// Not a JSON encoding of the expected message.
+    #[error("malformed control message: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A request for a protocol version this side does not speak.
+    #[error("control protocol version {got} is not supported (this side speaks {supported})")]
+    Version {
+        /// The version in the request.
+        got: u32,
+        /// [`PROTOCOL_VERSION`].
+        supported: u32,
+    },
+}
+
+fn parse_line<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T, ParseError> {
+    if line.len() > MAX_LINE_LEN {
+        return Err(ParseError::TooLong { len: line.len() });
+    }
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    Ok(serde_json::from_slice(line)?)
+}
+
+fn to_line<T: Serialize>(message: &T) -> Vec<u8> {
+    // Serialising these types cannot fail: they hold only strings, integers and unit variants,
+    // and every map key is a string. Falling back to an error line keeps this path panic-free
+    // all the same.
+    let mut line = serde_json::to_vec(message).unwrap_or_else(|err| {
+        serde_json::to_vec(&Response::Error {
+            message: err.to_string(),
+        })
+        .unwrap_or_default()
+    });
+    line.push(b'\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip() {
+        for command in [Command::Status, Command::Stats, Command::Reload] {
+            let request = Request::new(command);
+            let line = request.to_line();
+            assert_eq!(line.last(), Some(&b'\n'));
+            assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+            assert_eq!(Request::parse(&line).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn request_wire_format_is_stable() {
+        let line = Request::new(Command::Stats).to_line();
+        assert_eq!(line, b"{\"version\":1,\"command\":\"stats\"}\n");
+        let parsed = Request::parse(b"{\"command\":\"reload\",\"version\":1}\r\n").unwrap();
+        assert_eq!(parsed.command, Command::Reload);
+    }
+
+    #[test]
+    fn response_round_trip() {
+        let responses = [
+            Response::Status(Status {
+                engine_version: "0.1.0".into(),
+                config: "/etc/coretun/config.yaml".into(),
+                uptime_secs: 12,
+                shards: 2,
+                sessions: 3,
+                streams: 40,
+            }),
+            Response::Stats(Stats {
+                uptime_secs: 5,
+                packets_sent: 1,
+                packets_received: 2,
+                bytes_sent: 3,
+                bytes_received: 4,
+                packets_lost: 5,
+                frames_retransmitted: 6,
+                frames_recovered_fec: 7,
+                packets_rejected: 8,
+                sessions: 9,
+                streams: 10,
+            }),
+            Response::Reloaded { maps: 4 },
+            Response::Error {
+                message: "line one\nline two \"quoted\"".into(),
+            },
+        ];
+        for response in responses {
+            let line = response.to_line();
+            // The framing relies on this: a message never contains a raw newline.
+            assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+            assert_eq!(Response::parse(&line).unwrap(), response);
+        }
+    }
+
+    #[test]
+    fn response_wire_format_is_tagged() {
+        let line = Response::Reloaded { maps: 2 }.to_line();
+        assert_eq!(line, b"{\"result\":\"reloaded\",\"maps\":2}\n");
+    }
+
+    #[test]
+    fn missing_counters_default_to_zero() {
+        let parsed = Response::parse(b"{\"result\":\"stats\",\"packets_sent\":7}").unwrap();
+        let expected = Stats {
+            packets_sent: 7,
+            ..Stats::default()
+        };
+        assert_eq!(parsed, Response::Stats(expected));
+    }
+
+    #[test]
+    fn rejects_other_versions() {
+        let err = Request::parse(b"{\"version\":2,\"command\":\"status\"}").unwrap_err();
+        assert!(matches!(
+            err,
+            ParseError::Version {
+                got: 2,
+                supported: PROTOCOL_VERSION
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_malformed_requests() {
+        let bad: [&[u8]; 7] = [
+            b"",
+            b"{",
+            b"{\"version\":1}",
+            b"{\"version\":1,\"command\":\"launch\"}",
+            b"{\"version\":1,\"command\":\"status\",\"extra\":true}",
+            b"{\"version\":-1,\"command\":\"status\"}",
+            b"{\"version\":1,\"command\":\"status\"}\n{\"version\":1,\"command\":\"status\"}",
+        ];
+        for line in bad {
+            let err = Request::parse(line).unwrap_err();
+            assert!(matches!(err, ParseError::Json(_)), "{line:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_overlong_lines() {
+        let line = vec![b' '; MAX_LINE_LEN + 1];
+        assert!(matches!(
+            Request::parse(&line),
+            Err(ParseError::TooLong { len }) if len == MAX_LINE_LEN + 1
+        ));
+    }
+}

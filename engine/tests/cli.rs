@@ -1,0 +1,131 @@
+//! Runs the real `engine` binary and checks its command line contract: output, messages and
+//! exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+fn engine(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the engine binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn shipped_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.yaml")
+}
+
+fn missing_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("coretun-engine-cli-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn version_prints_package_version() {
+    let out = engine(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("engine {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn help_lists_subcommands_and_options() {
+    let out = engine(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    for word in ["check", "genkey", "--config", "--log-level"] {
+        assert!(text.contains(word), "help lacks {word}:\n{text}");
+    }
+}
+
+#[test]
+fn genkey_prints_fresh_32_byte_keys() {
+    let keys: Vec<String> = (0..2)
+        .map(|_| {
+            let out = engine(&["genkey"]);
+            assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+            assert_eq!(stderr(&out), "");
+            let text = stdout(&out);
+            assert_eq!(text.lines().count(), 1, "{text:?}");
+            let key = text.trim_end().to_owned();
+            let bytes = BASE64.decode(&key).expect("genkey prints standard base64");
+            assert_eq!(bytes.len(), 32);
+            key
+        })
+        .collect();
+    assert_ne!(keys[0], keys[1]);
+}
+
+#[test]
+fn check_missing_file_names_it() {
+    let path = missing_path("check.yaml");
+    let out = engine(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let message = stderr(&out);
+    assert!(
+        message.starts_with(&format!(
+            "engine: cannot read config file {}: ",
+            path.display()
+        )),
+        "{message}"
+    );
+    assert!(message.contains("No such file or directory"), "{message}");
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let config = shipped_config();
+    let out = engine(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("config.yaml"), "{}", stdout(&out));
+}
+
+#[test]
+fn run_missing_file_names_it() {
+    let path = missing_path("run.yaml");
+    let out = engine(&["-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&path.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn run_says_the_dataplane_is_not_built() {
+    let config = shipped_config();
+    let out = engine(&["-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(69));
+    assert_eq!(stdout(&out), "");
+    let message = stderr(&out);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(message.contains("dataplane is not built yet"), "{message}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &[][..],
+        &["check"],
+        &["frobnicate"],
+        &["--log-level", "nonsense=[", "genkey"],
+    ] {
+        let out = engine(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).is_empty());
+    }
+}
