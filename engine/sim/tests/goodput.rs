@@ -37,6 +37,8 @@ fn bulk(rate_bps: u64, rtt: Duration, loss: f64) -> Measured {
     let received: u64 = server.incoming.values().map(|s| s.received).sum();
     let goodput_bps = received as f64 * 8.0 / SECONDS as f64;
     let m = Measured { ceiling_bps, goodput_bps };
+    let fwd = pair.sim.link_stats(harness::addr(harness::CLIENT), harness::addr(harness::SERVER));
+    println!("  link: {fwd:?}");
     let session = pair.sim.node(c).endpoint.sessions().next().map(|s| s.stats());
     println!(
         "{} Mbit/s, RTT {:?}, loss {:.0}%: C = {:.2} Mbit/s, goodput = {:.2} Mbit/s, ratio = {:.4}\n  sender: {:?}",

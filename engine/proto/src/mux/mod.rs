@@ -59,8 +59,11 @@ pub struct MuxConfig {
 impl Default for MuxConfig {
     fn default() -> Self {
         Self {
-            stream_receive_window: 1 << 20,
-            session_receive_window: 4 << 20,
+            // A lossy path holds data behind a hole for a round trip or more, so a stream needs
+            // about 2.5 bandwidth-delay products of window: 2 MiB covers 100 Mbit/s at 50 ms
+            // from the start; auto-tuning grows it from there.
+            stream_receive_window: 2 << 20,
+            session_receive_window: 8 << 20,
             max_stream_receive_window: 16 << 20,
             max_session_receive_window: 64 << 20,
             send_buffer: 4 << 20,

@@ -25,9 +25,12 @@ pub(super) enum RecvState {
     Stopped,
 }
 
+/// Credit returned faster than this many round trips means the window limits the sender.
+const GROWTH_RTTS: u32 = 4;
+
 /// A receive window that is re-advertised when half of it was consumed and doubles (up to a
-/// maximum) when that happens more often than every two round trips, so that it converges on
-/// the bandwidth-delay product of the path.
+/// maximum) when that happens more often than every [`GROWTH_RTTS`] round trips, so that it
+/// converges on a few times the bandwidth-delay product of the path.
 #[derive(Debug, Clone)]
 pub(super) struct RecvWindow {
     /// The limit the peer was told (or will be told: we never lower it).
@@ -57,7 +60,10 @@ impl RecvWindow {
     pub(super) fn update(&mut self, consumed: u64, now: Instant, rtt: Duration) -> u64 {
         if self.needs_update(consumed) {
             if let Some(last) = self.last_update {
-                if now.saturating_duration_since(last) < rtt * 2 {
+                // Four round trips, not two: on a lossy path the application consumes in bursts
+                // (whenever a retransmission fills a hole), so updates come irregularly even
+                // when the window is what limits the sender.
+                if now.saturating_duration_since(last) < rtt * GROWTH_RTTS {
                     self.window = self.window.saturating_mul(2).min(self.max_window);
                 }
             }
