@@ -573,8 +573,11 @@ impl Session {
         min(self.acks.deadline());
         min(self.loss_time);
         min(self.pto_deadline());
-        min(Some(self.last_sent + self.config.keepalive));
+        if !self.ping_pending {
+            min(Some(self.last_sent + self.config.keepalive));
+        }
         if self.wants_to_send_eliciting() {
+            // Only set while the window is open: a full window waits for ACKs, not the clock.
             min(self.pacing_wakeup);
         }
         Some(t)
@@ -642,6 +645,9 @@ impl Session {
             let probe = self.probes > 0;
             let window_open =
                 self.sent.bytes_in_flight + self.config.mtu as u64 <= self.cc.cwnd();
+            if !probe && !window_open {
+                self.pacing_wakeup = None;
+            }
             if probe || window_open {
                 match self
                     .pacer
