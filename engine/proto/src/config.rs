@@ -19,7 +19,12 @@ pub enum Profile {
 }
 
 impl Profile {
-    pub const ALL: [Profile; 4] = [Profile::Normal, Profile::Fast, Profile::Fast2, Profile::Fast3];
+    pub const ALL: [Profile; 4] = [
+        Profile::Normal,
+        Profile::Fast,
+        Profile::Fast2,
+        Profile::Fast3,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -154,7 +154,8 @@ impl Endpoint {
     fn allocate_id(&mut self) -> SessionId {
         loop {
             let id = SessionId::new(self.config.shard, self.rng.next_u32());
-            if id.local() != 0 && !self.sessions.contains_key(&id) && !self.dials.contains_key(&id) {
+            if id.local() != 0 && !self.sessions.contains_key(&id) && !self.dials.contains_key(&id)
+            {
                 return id;
             }
         }
@@ -337,7 +338,9 @@ impl Endpoint {
             .map(|(&id, _)| id)
             .collect();
         for id in due {
-            let Some(mut dial) = self.dials.remove(&id) else { continue };
+            let Some(mut dial) = self.dials.remove(&id) else {
+                continue;
+            };
             if now >= dial.deadline {
                 self.events.push_back(Event {
                     session: id,
@@ -411,7 +414,9 @@ impl Endpoint {
             None => self.sessions.keys().copied().collect(),
         };
         for id in ids {
-            let Some(session) = self.sessions.get_mut(&id) else { continue };
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             if let Some(t) = session.poll_transmit(now, buf) {
                 self.cursor = Some(id);
                 return Some(t);

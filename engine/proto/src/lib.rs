@@ -11,12 +11,12 @@
 //! (streams and flow control) -> [`session`] -> [`endpoint`].
 
 pub mod arq;
-pub mod crypto;
-pub mod mux;
-pub mod wire;
 pub mod config;
+pub mod crypto;
 pub mod endpoint;
+pub mod mux;
 pub mod session;
+pub mod wire;
 
 pub use config::{Profile, SessionConfig};
 pub use endpoint::{Endpoint, EndpointConfig, EndpointStats, Event};

@@ -43,7 +43,10 @@ fn wrong_key_yields_no_session_and_a_counted_failure() {
     assert!(net.b.stats().handshake_failures >= 1, "{:?}", net.b.stats());
     assert_eq!(net.a.sessions().count(), 0);
     assert_eq!(net.events_a[0].session, id);
-    assert_eq!(net.events_a[0].kind, SessionEvent::Closed(CloseReason::HandshakeTimeout));
+    assert_eq!(
+        net.events_a[0].kind,
+        SessionEvent::Closed(CloseReason::HandshakeTimeout)
+    );
 }
 
 /// Captures the next data packet the dialler sends, without delivering it.
@@ -51,7 +54,8 @@ fn capture_next_data_packet(net: &mut Net) -> Vec<u8> {
     let captured: Rc<RefCell<Option<Vec<u8>>>> = Rc::default();
     let c = captured.clone();
     net.filter = Box::new(move |d| {
-        let is_data = d.to == addr(B) && matches!(Header::parse(&d.data), Ok((h, _)) if h.ty == PacketType::Data);
+        let is_data = d.to == addr(B)
+            && matches!(Header::parse(&d.data), Ok((h, _)) if h.ty == PacketType::Data);
         if is_data && c.borrow().is_none() {
             *c.borrow_mut() = Some(d.data.clone());
             return false;
@@ -64,8 +68,10 @@ fn capture_next_data_packet(net: &mut Net) -> Vec<u8> {
     s.write(stream, b"hello").unwrap();
     net.run(Duration::from_secs(1), |_| captured.borrow().is_some());
     net.filter = Box::new(|_| true);
-    let packet = captured.borrow_mut().take().expect("a data packet was sent");
-    packet
+    captured
+        .borrow_mut()
+        .take()
+        .expect("a data packet was sent")
 }
 
 #[test]
@@ -78,7 +84,10 @@ fn replayed_packet_is_dropped_and_counted_without_changing_state() {
     let drops = net.b.sessions().next().unwrap().stats().dropped_replayed;
     let mut again = packet.clone();
     net.inject(true, addr(A), &mut again);
-    assert_eq!(net.b.sessions().next().unwrap().stats().dropped_replayed, drops + 1);
+    assert_eq!(
+        net.b.sessions().next().unwrap().stats().dropped_replayed,
+        drops + 1
+    );
     assert_eq!(state_of(&net), before);
 }
 
@@ -90,7 +99,12 @@ fn truncated_and_bit_flipped_packets_are_dropped_without_changing_state() {
     let drops = |n: &Net| {
         let s = n.b.sessions().next().unwrap().stats();
         let e = n.b.stats();
-        s.dropped_auth + s.dropped_malformed + s.dropped_replayed + e.unknown_session + e.malformed + e.handshake_failures
+        s.dropped_auth
+            + s.dropped_malformed
+            + s.dropped_replayed
+            + e.unknown_session
+            + e.malformed
+            + e.handshake_failures
     };
     let mut expected = drops(&net);
     for len in 0..packet.len() {
@@ -112,7 +126,10 @@ fn truncated_and_bit_flipped_packets_are_dropped_without_changing_state() {
     let mut genuine = packet.clone();
     net.inject(true, addr(A), &mut genuine);
     assert_ne!(state_of(&net), before);
-    assert_eq!(net.b.sessions().next().unwrap().stats().packets_received, before.0.packets_received + 1);
+    assert_eq!(
+        net.b.sessions().next().unwrap().stats().packets_received,
+        before.0.packets_received + 1
+    );
 }
 
 proptest! {

@@ -23,7 +23,12 @@ fn hostile_link() -> LinkConfig {
 }
 
 fn transfer_both_ways(seed: u64) {
-    let mut pair = Pair::new(seed, SessionConfig::default(), hostile_link(), hostile_link());
+    let mut pair = Pair::new(
+        seed,
+        SessionConfig::default(),
+        hostile_link(),
+        hostile_link(),
+    );
     let (c, s) = (pair.client, pair.server);
     for i in 0..STREAMS {
         pair.sim.node_mut(c).plan.push((i, LEN));
@@ -33,12 +38,32 @@ fn transfer_both_ways(seed: u64) {
         client.all_received(STREAMS as usize, LEN) && server.all_received(STREAMS as usize, LEN)
     });
     let (client, server) = (pair.sim.node(c), pair.sim.node(s));
-    assert!(client.errors.is_empty(), "seed {seed}: client errors {:?}", client.errors);
-    assert!(server.errors.is_empty(), "seed {seed}: server errors {:?}", server.errors);
-    assert_eq!(outcome, engine_sim::RunOutcome::Done, "seed {seed}: not done after {:?}: client got {:?}, server got {:?}",
+    assert!(
+        client.errors.is_empty(),
+        "seed {seed}: client errors {:?}",
+        client.errors
+    );
+    assert!(
+        server.errors.is_empty(),
+        "seed {seed}: server errors {:?}",
+        server.errors
+    );
+    assert_eq!(
+        outcome,
+        engine_sim::RunOutcome::Done,
+        "seed {seed}: not done after {:?}: client got {:?}, server got {:?}",
         pair.sim.elapsed(),
-        client.incoming.values().map(|s| s.received).collect::<Vec<_>>(),
-        server.incoming.values().map(|s| s.received).collect::<Vec<_>>());
+        client
+            .incoming
+            .values()
+            .map(|s| s.received)
+            .collect::<Vec<_>>(),
+        server
+            .incoming
+            .values()
+            .map(|s| s.received)
+            .collect::<Vec<_>>()
+    );
     // Every map id arrived once, each with its own data (checked byte by byte while reading).
     let maps: Vec<u32> = server.incoming.values().map(|s| s.map_id).collect();
     assert_eq!(maps, (0..STREAMS).collect::<Vec<_>>());
@@ -51,7 +76,11 @@ macro_rules! seed_block {
     ($name:ident, $range:expr) => {
         #[test]
         fn $name() {
-            engine_sim::for_each_seed!(stringify!($name), seeds_from_env($range), transfer_both_ways);
+            engine_sim::for_each_seed!(
+                stringify!($name),
+                seeds_from_env($range),
+                transfer_both_ways
+            );
         }
     };
 }

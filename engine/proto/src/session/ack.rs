@@ -28,7 +28,14 @@ impl AckState {
     }
 
     /// Records an authenticated packet.
-    pub fn on_packet(&mut self, now: Instant, pn: u64, ack_eliciting: bool, ack_every: u32, max_delay: Duration) {
+    pub fn on_packet(
+        &mut self,
+        now: Instant,
+        pn: u64,
+        ack_eliciting: bool,
+        ack_every: u32,
+        max_delay: Duration,
+    ) {
         let in_order = self.largest.is_none_or(|l| pn == l + 1);
         self.received.insert(pn..pn + 1);
         if self.largest.is_none_or(|l| pn > l) {
@@ -81,7 +88,8 @@ impl AckState {
     }
 
     pub fn ack_delay(&self, now: Instant) -> Duration {
-        self.largest_time.map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+        self.largest_time
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
 
     pub fn on_ack_sent(&mut self) {

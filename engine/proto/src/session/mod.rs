@@ -84,9 +84,14 @@ pub enum SessionEvent {
 enum State {
     Established,
     /// We are closing: send CLOSE once, then wait so late packets are absorbed.
-    Closing { until: Instant, close_sent: bool },
+    Closing {
+        until: Instant,
+        close_sent: bool,
+    },
     /// The peer closed: send nothing more.
-    Draining { until: Instant },
+    Draining {
+        until: Instant,
+    },
     Closed,
 }
 
@@ -140,7 +145,7 @@ pub(crate) struct SessionParams {
 
 impl Session {
     pub(crate) fn new(now: Instant, p: SessionParams) -> Self {
-        let cc = RateControl::new(p.config.rate.clone(), now);
+        let cc = RateControl::new(p.config.rate, now);
         let pacer = Pacer::new(Pacer::burst_for(cc.pacing_rate(), p.config.mtu as u64));
         let rtt = RttEstimator::new(Duration::from_millis(100), p.config.rtt);
         let mut s = Self {
@@ -282,7 +287,8 @@ impl Session {
             until: now + 3 * self.rtt.pto_base(),
             close_sent: false,
         };
-        self.events.push_back(SessionEvent::Closed(CloseReason::Local { code }));
+        self.events
+            .push_back(SessionEvent::Closed(CloseReason::Local { code }));
     }
 
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
@@ -376,10 +382,11 @@ impl Session {
                 self.state = State::Draining {
                     until: now + 3 * self.rtt.pto_base(),
                 };
-                self.events.push_back(SessionEvent::Closed(CloseReason::Peer {
-                    code: error_code,
-                    reason: reason.to_vec(),
-                }));
+                self.events
+                    .push_back(SessionEvent::Closed(CloseReason::Peer {
+                        code: error_code,
+                        reason: reason.to_vec(),
+                    }));
             }
             Frame::Datagram { data } => {
                 if self.datagrams_in.len() >= 1024 {
@@ -389,7 +396,10 @@ impl Session {
                     self.events.push_back(SessionEvent::DatagramReceived);
                 }
             }
-            f @ (Frame::Stream { .. } | Frame::Open { .. } | Frame::Reset { .. } | Frame::Window { .. }) => {
+            f @ (Frame::Stream { .. }
+            | Frame::Open { .. }
+            | Frame::Reset { .. }
+            | Frame::Window { .. }) => {
                 if let Frame::Stream { data, .. } = f {
                     self.stats.stream_bytes_received += data.len() as u64;
                 }
@@ -425,7 +435,9 @@ impl Session {
         let mut rtt_sample = None;
         let mut largest_ack_acked = None;
         for &pn in &newly {
-            let Some(p) = self.sent.on_acked(pn) else { continue };
+            let Some(p) = self.sent.on_acked(pn) else {
+                continue;
+            };
             if p.fate == sent::Fate::Lost {
                 // It arrived after all: the loss was spurious. Its frames were re-queued; the
                 // acknowledgement below cancels what was not re-sent yet.
@@ -439,7 +451,8 @@ impl Session {
                 rtt_sample = Some(now.saturating_duration_since(p.time));
             }
             if p.in_flight {
-                self.cc.on_packet_acked(now, &p.snapshot, p.time, u64::from(p.size));
+                self.cc
+                    .on_packet_acked(now, &p.snapshot, p.time, u64::from(p.size));
             }
             if let Some(l) = p.largest_ack_sent {
                 largest_ack_acked = Some(largest_ack_acked.map_or(l, |m: u64| m.max(l)));
@@ -481,9 +494,12 @@ impl Session {
     }
 
     fn declare_lost(&mut self, now: Instant, pn: u64) {
-        let Some(p) = self.sent.on_lost(pn) else { return };
+        let Some(p) = self.sent.on_lost(pn) else {
+            return;
+        };
         self.stats.packets_lost += 1;
-        self.cc.on_packet_lost(now, &p.snapshot, p.time, u64::from(p.size));
+        self.cc
+            .on_packet_lost(now, &p.snapshot, p.time, u64::from(p.size));
         for f in self.sent.frames(&p) {
             if let SentFrame::Stream { len, .. } = f {
                 self.stats.stream_bytes_retransmitted += u64::from(*len);
@@ -630,7 +646,10 @@ impl Session {
         let mut send_close = false;
         match self.state {
             State::Established => {}
-            State::Closing { until, close_sent: false } => {
+            State::Closing {
+                until,
+                close_sent: false,
+            } => {
                 send_close = true;
                 self.state = State::Closing {
                     until,
@@ -643,8 +662,7 @@ impl Session {
         let mut eliciting = send_close;
         if !send_close && self.wants_to_send_eliciting() {
             let probe = self.probes > 0;
-            let window_open =
-                self.sent.bytes_in_flight + self.config.mtu as u64 <= self.cc.cwnd();
+            let window_open = self.sent.bytes_in_flight + self.config.mtu as u64 <= self.cc.cwnd();
             if !probe && !window_open {
                 self.pacing_wakeup = None;
             }
@@ -698,6 +716,7 @@ impl Session {
                 .encode(&mut w);
             }
         } else if eliciting {
+            let before_eliciting = w.len();
             if self.ping_pending || (self.probes > 0 && !self.streams.wants_to_send()) {
                 let _ = Frame::Ping.encode(&mut w);
                 self.ping_pending = false;
@@ -713,7 +732,7 @@ impl Session {
                 self.datagrams_out.pop_front();
                 self.stats.datagrams_sent += 1;
             }
-            if w.len() == header_len + usize::from(largest_ack_sent.is_some()) * 0 && frames.is_empty() {
+            if w.len() == before_eliciting {
                 // The streams had nothing after all; make the packet worth its number.
                 let _ = Frame::Ping.encode(&mut w);
             }
@@ -740,14 +759,16 @@ impl Session {
                 .on_packet_sent(now, size as u64, self.sent.bytes_in_flight);
             self.pacer.on_sent(now, size as u64);
             self.last_eliciting_sent = Some(now);
-            let packet = SentPackets::new_packet(now, size as u32, true, snapshot, largest_ack_sent);
+            let packet =
+                SentPackets::new_packet(now, size as u32, true, snapshot, largest_ack_sent);
             self.sent.push(pn, packet, &frames);
             if !self.wants_to_send_eliciting() {
                 self.cc.on_app_limited(self.sent.bytes_in_flight);
             }
         } else {
             let snapshot = self.cc.on_packet_sent(now, 0, self.sent.bytes_in_flight);
-            let packet = SentPackets::new_packet(now, size as u32, false, snapshot, largest_ack_sent);
+            let packet =
+                SentPackets::new_packet(now, size as u32, false, snapshot, largest_ack_sent);
             self.sent.push(pn, packet, &frames);
         }
         self.scratch_frames = frames;
@@ -759,7 +780,9 @@ impl Session {
 impl Session {
     /// The frames of the packet sent last (for tests that drop packets by content).
     pub(crate) fn last_packet_frames(&self) -> Vec<SentFrame> {
-        let Some(pn) = self.next_pn.checked_sub(1) else { return Vec::new() };
+        let Some(pn) = self.next_pn.checked_sub(1) else {
+            return Vec::new();
+        };
         match self.sent.get(pn) {
             Some(p) => self.sent.frames(p).copied().collect(),
             None => Vec::new(),

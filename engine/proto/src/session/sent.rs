@@ -71,7 +71,13 @@ impl SentPackets {
         self.packets.push_back(packet);
     }
 
-    pub fn new_packet(time: Instant, size: u32, in_flight: bool, snapshot: SendSnapshot, largest_ack_sent: Option<u64>) -> SentPacket {
+    pub fn new_packet(
+        time: Instant,
+        size: u32,
+        in_flight: bool,
+        snapshot: SendSnapshot,
+        largest_ack_sent: Option<u64>,
+    ) -> SentPacket {
         SentPacket {
             time,
             size,
@@ -91,7 +97,8 @@ impl SentPackets {
 
     pub fn frames(&self, packet: &SentPacket) -> impl Iterator<Item = &SentFrame> {
         let start = (packet.frames_start - self.frames_base) as usize;
-        self.frames.range(start..start + usize::from(packet.frames_len))
+        self.frames
+            .range(start..start + usize::from(packet.frames_len))
     }
 
     /// The packet numbers an ACK range newly acknowledges, ascending. `end` is clamped to what
@@ -100,7 +107,10 @@ impl SentPackets {
         let end = range.end.min(next_pn);
         let mut out: Vec<u64> = self.holes.range(range.start..end).copied().collect();
         out.extend(self.lost.range(range.start..end).copied());
-        let above = self.largest_acked.map_or(self.base, |l| l + 1).max(range.start);
+        let above = self
+            .largest_acked
+            .map_or(self.base, |l| l + 1)
+            .max(range.start);
         out.extend(above..end.max(above));
         out
     }
@@ -140,7 +150,12 @@ impl SentPackets {
 
     /// Holes that are lost by the packet or time threshold, ascending. Returns also the instant
     /// at which the oldest remaining hole will be lost by time, if any.
-    pub fn detect_lost(&mut self, packet_threshold: u64, lost_before: Instant, loss_delay: std::time::Duration) -> (Vec<u64>, Option<Instant>) {
+    pub fn detect_lost(
+        &mut self,
+        packet_threshold: u64,
+        lost_before: Instant,
+        loss_delay: std::time::Duration,
+    ) -> (Vec<u64>, Option<Instant>) {
         let Some(largest) = self.largest_acked else {
             return (Vec::new(), None);
         };

@@ -64,8 +64,12 @@ fn a_stalled_stream_never_delays_another() {
         while let Some(t) = client.poll_transmit(now, &mut buf) {
             let session = client.session(cid);
             let frames = session.map(|s| s.last_packet_frames()).unwrap_or_default();
-            let carries_a_start = frames.iter().any(|f| matches!(f, SentFrame::Stream { id, offset: 0, .. } if Some(*id) == a));
-            let carries_b = frames.iter().any(|f| matches!(f, SentFrame::Stream { id, .. } if Some(*id) == b));
+            let carries_a_start = frames
+                .iter()
+                .any(|f| matches!(f, SentFrame::Stream { id, offset: 0, .. } if Some(*id) == a));
+            let carries_b = frames
+                .iter()
+                .any(|f| matches!(f, SentFrame::Stream { id, .. } if Some(*id) == b));
             if carries_b && b_sent_at.is_none() {
                 b_sent_at = Some(now);
             }
@@ -73,10 +77,18 @@ fn a_stalled_stream_never_delays_another() {
                 dropped_a += 1;
                 continue;
             }
-            flights.push(Flight { at: now + one_way, to_server: true, data: buf[..t.size].to_vec() });
+            flights.push(Flight {
+                at: now + one_way,
+                to_server: true,
+                data: buf[..t.size].to_vec(),
+            });
         }
         while let Some(t) = server.poll_transmit(now, &mut buf) {
-            flights.push(Flight { at: now + one_way, to_server: false, data: buf[..t.size].to_vec() });
+            flights.push(Flight {
+                at: now + one_way,
+                to_server: false,
+                data: buf[..t.size].to_vec(),
+            });
         }
         while client.poll_event().is_some() {}
         while let Some(ev) = server.poll_event() {
@@ -100,7 +112,11 @@ fn a_stalled_stream_never_delays_another() {
             .chain(server.poll_timeout())
             .min()
             .unwrap();
-        let next = if b.is_none() { next.min(start + Duration::from_secs(1)) } else { next };
+        let next = if b.is_none() {
+            next.min(start + Duration::from_secs(1))
+        } else {
+            next
+        };
         now = now.max(next);
         let (due, rest): (Vec<_>, Vec<_>) = flights.into_iter().partition(|f| f.at <= now);
         flights = rest;
@@ -117,9 +133,16 @@ fn a_stalled_stream_never_delays_another() {
     let written = b_written_at.expect("B was written");
     let sent = b_sent_at.expect("B was sent");
     let readable = b_readable_at.expect("B became readable");
-    assert!(dropped_a >= 2, "A's first packet was dropped repeatedly ({dropped_a})");
+    assert!(
+        dropped_a >= 2,
+        "A's first packet was dropped repeatedly ({dropped_a})"
+    );
     assert_eq!(a_bytes_read, 0, "A must still be stalled");
     // B left within the pacing interval of a packet or two, and was readable on arrival.
-    assert!(sent - written <= Duration::from_millis(2), "B waited {:?} to be sent", sent - written);
+    assert!(
+        sent - written <= Duration::from_millis(2),
+        "B waited {:?} to be sent",
+        sent - written
+    );
     assert_eq!(readable - sent, one_way, "B was not readable on arrival");
 }

@@ -60,11 +60,22 @@ impl Net {
     fn drain_output(&mut self) {
         for from_a in [true, false] {
             loop {
-                let (ep, from) = if from_a { (&mut self.a, addr(A)) } else { (&mut self.b, addr(B)) };
-                let Some(t) = ep.poll_transmit(self.now, &mut self.buf) else { break };
+                let (ep, from) = if from_a {
+                    (&mut self.a, addr(A))
+                } else {
+                    (&mut self.b, addr(B))
+                };
+                let Some(t) = ep.poll_transmit(self.now, &mut self.buf) else {
+                    break;
+                };
                 let seg = t.segment_size.unwrap_or(t.size);
                 for chunk in self.buf[..t.size].chunks(seg) {
-                    let d = Datagram { at: self.now + self.delay, from, to: t.destination, data: chunk.to_vec() };
+                    let d = Datagram {
+                        at: self.now + self.delay,
+                        from,
+                        to: t.destination,
+                        data: chunk.to_vec(),
+                    };
                     if (self.filter)(&d) {
                         self.in_flight.push(d);
                     }
@@ -89,13 +100,24 @@ impl Net {
     pub fn step(&mut self) -> bool {
         self.drain_output();
         let next_delivery = self.in_flight.iter().map(|d| d.at).min();
-        let next_timer = [self.a.poll_timeout(), self.b.poll_timeout()].into_iter().flatten().min();
-        let Some(next) = [next_delivery, next_timer].into_iter().flatten().min() else { return false };
+        let next_timer = [self.a.poll_timeout(), self.b.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(next) = [next_delivery, next_timer].into_iter().flatten().min() else {
+            return false;
+        };
         self.now = self.now.max(next);
-        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.in_flight).into_iter().partition(|d| d.at <= self.now);
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .partition(|d| d.at <= self.now);
         self.in_flight = rest;
         for mut d in due {
-            let ep = if d.to == addr(B) { &mut self.b } else { &mut self.a };
+            let ep = if d.to == addr(B) {
+                &mut self.b
+            } else {
+                &mut self.a
+            };
             ep.handle_datagram(self.now, d.from, &mut d.data);
         }
         self.a.handle_timeout(self.now);
@@ -120,6 +142,7 @@ impl Net {
 
     pub fn connected(&mut self) -> bool {
         use engine_proto::SessionEvent::Connected;
-        self.events_a.iter().any(|e| e.kind == Connected) && self.events_b.iter().any(|e| e.kind == Connected)
+        self.events_a.iter().any(|e| e.kind == Connected)
+            && self.events_b.iter().any(|e| e.kind == Connected)
     }
 }

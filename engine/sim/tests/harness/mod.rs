@@ -23,7 +23,8 @@ pub fn addr(s: &str) -> SocketAddr {
 /// packet size, so lost, duplicated or misordered bytes are caught.
 pub fn expected_byte(stream_key: u64, offset: u64) -> u8 {
     const BLOCK: u64 = 65_521; // prime: no packet size divides it
-    let x = (offset % BLOCK).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ stream_key.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    let x = (offset % BLOCK).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ stream_key.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     ((x >> 29) as u8) ^ ((offset / BLOCK) as u8)
 }
 
@@ -118,13 +119,23 @@ impl Peer {
             }
         }
         let Some(sid) = self.session else { return };
-        let Some(session) = self.endpoint.session_mut(sid) else { return };
+        let Some(session) = self.endpoint.session_mut(sid) else {
+            return;
+        };
         for (map_id, len) in std::mem::take(&mut self.plan) {
             match session.open_stream(map_id) {
                 Ok(id) => {
                     self.outgoing.insert(
                         id,
-                        Outgoing { map_id, len, written: 0, finished: false, start_at: None, staged: Vec::new(), staged_from: 0 },
+                        Outgoing {
+                            map_id,
+                            len,
+                            written: 0,
+                            finished: false,
+                            start_at: None,
+                            staged: Vec::new(),
+                            staged_from: 0,
+                        },
                     );
                 }
                 Err(e) => self.errors.push(format!("open: {e:?}")),
@@ -165,31 +176,27 @@ impl Peer {
             if inc.fin {
                 continue;
             }
-            loop {
-                match session.read(id, &mut self.read_buf) {
-                    Ok(r) => {
-                        let key = Self::key(inc.map_id);
-                        for (i, &b) in self.read_buf[..r.len].iter().enumerate() {
-                            let off = inc.received + i as u64;
-                            if b != expected_byte(key, off) {
-                                self.errors.push(format!("stream {id:?} byte {off} corrupt"));
-                                break;
-                            }
-                        }
-                        if self.track_arrivals && r.len > 0 {
-                            inc.arrivals.push((inc.received, now));
-                        }
-                        inc.received += r.len as u64;
-                        if r.fin {
-                            inc.fin = true;
-                            inc.finished_at = Some(now);
-                            break;
-                        }
-                        if r.len == 0 {
-                            break;
-                        }
+            while let Ok(r) = session.read(id, &mut self.read_buf) {
+                let key = Self::key(inc.map_id);
+                for (i, &b) in self.read_buf[..r.len].iter().enumerate() {
+                    let off = inc.received + i as u64;
+                    if b != expected_byte(key, off) {
+                        self.errors
+                            .push(format!("stream {id:?} byte {off} corrupt"));
+                        break;
                     }
-                    Err(_) => break,
+                }
+                if self.track_arrivals && r.len > 0 {
+                    inc.arrivals.push((inc.received, now));
+                }
+                inc.received += r.len as u64;
+                if r.fin {
+                    inc.fin = true;
+                    inc.finished_at = Some(now);
+                    break;
+                }
+                if r.len == 0 {
+                    break;
                 }
             }
         }
@@ -214,7 +221,11 @@ impl Node for Peer {
     fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         let t = self.endpoint.poll_transmit(now, &mut self.tx_buf)?;
         buf.extend_from_slice(&self.tx_buf[..t.size]);
-        Some(Transmit { destination: t.destination, size: t.size, segment_size: t.segment_size })
+        Some(Transmit {
+            destination: t.destination,
+            size: t.size,
+            segment_size: t.segment_size,
+        })
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
@@ -243,7 +254,12 @@ pub struct Pair {
 }
 
 impl Pair {
-    pub fn new(seed: u64, config: SessionConfig, forward: LinkConfig, backward: LinkConfig) -> Self {
+    pub fn new(
+        seed: u64,
+        config: SessionConfig,
+        forward: LinkConfig,
+        backward: LinkConfig,
+    ) -> Self {
         let mut sim = Sim::new(seed);
         let mut cfg = EndpointConfig::new(psk());
         cfg.session = config;
@@ -257,11 +273,20 @@ impl Pair {
         sim.set_link(addr(SERVER), addr(CLIENT), backward);
         let client = sim.add_node(addr(CLIENT), client);
         let server = sim.add_node(addr(SERVER), server);
-        Self { sim, client, server }
+        Self {
+            sim,
+            client,
+            server,
+        }
     }
 
-    pub fn run(&mut self, limit: Duration, mut done: impl FnMut(&Peer, &Peer) -> bool) -> RunOutcome {
+    pub fn run(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Peer, &Peer) -> bool,
+    ) -> RunOutcome {
         let (c, s) = (self.client, self.server);
-        self.sim.run_for(limit, |sim| done(sim.node(c), sim.node(s)))
+        self.sim
+            .run_for(limit, |sim| done(sim.node(c), sim.node(s)))
     }
 }
