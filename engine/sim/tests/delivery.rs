@@ -89,3 +89,19 @@ seed_block!(exact_delivery_seeds_00_24, 0..25);
 seed_block!(exact_delivery_seeds_25_49, 25..50);
 seed_block!(exact_delivery_seeds_50_74, 50..75);
 seed_block!(exact_delivery_seeds_75_99, 75..100);
+
+/// The check the delivery test relies on is not vacuous.
+#[test]
+fn harness_detects_wrong_bytes() {
+    let mut data = vec![0u8; 5000];
+    harness::fill_for_test(3, 1000, &mut data);
+    assert!(harness::verify(3, 1000, &data));
+    assert!(!harness::verify(4, 1000, &data), "another stream's data");
+    assert!(!harness::verify(3, 1001, &data), "shifted by one byte");
+    assert!(
+        !harness::verify(3, 1000 + 1350, &data),
+        "shifted by a packet"
+    );
+    data[4321] ^= 1;
+    assert!(!harness::verify(3, 1000, &data), "one bit flipped");
+}

@@ -425,7 +425,12 @@ impl Session {
         }
         let mut newly = std::mem::take(&mut self.scratch_pns);
         newly.clear();
+        let floor = self.sent.ack_floor();
         for range in ack.ranges() {
+            // Ranges come highest first; the rest repeat what earlier ACKs already said.
+            if range.end <= floor {
+                break;
+            }
             newly.extend(self.sent.newly_acked(range, self.next_pn));
         }
         if newly.is_empty() {

@@ -101,6 +101,15 @@ impl SentPackets {
             .range(start..start + usize::from(packet.frames_len))
     }
 
+    /// Below this, an ACK range can acknowledge nothing new: everything there is resolved
+    /// except holes and lost packets, and the lowest of those is at least this.
+    pub fn ack_floor(&self) -> u64 {
+        let above = self.largest_acked.map_or(self.base, |l| l + 1);
+        let hole = self.holes.first().copied().unwrap_or(u64::MAX);
+        let lost = self.lost.first().copied().unwrap_or(u64::MAX);
+        above.min(hole).min(lost)
+    }
+
     /// The packet numbers an ACK range newly acknowledges, ascending. `end` is clamped to what
     /// was sent, so a peer acknowledging packets never sent cannot make us loop.
     pub fn newly_acked(&self, range: Range<u64>, next_pn: u64) -> Vec<u64> {
