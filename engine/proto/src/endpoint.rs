@@ -106,7 +106,7 @@ pub struct Endpoint {
     rng: ChaCha20Rng,
     sessions: BTreeMap<SessionId, Session>,
     dials: BTreeMap<SessionId, Dial>,
-    answered: BTreeMap<(SocketAddr, [u8; 32]), Answered>,
+    answered: BTreeMap<[u8; 32], Answered>,
     outgoing: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<Event>,
     /// Round-robin position for output fairness between sessions.
@@ -172,15 +172,19 @@ impl Endpoint {
     pub fn connect(&mut self, now: Instant, remote: SocketAddr) -> SessionId {
         let id = self.allocate_id();
         self.stats.handshakes_started += 1;
+        let retry_interval = Duration::from_millis(250);
         let mut dial = Dial {
             remote,
             initiator: None,
             packet: Vec::new(),
-            next_retry: now,
-            retry_interval: Duration::from_millis(250),
+            next_retry: now + retry_interval,
+            retry_interval: retry_interval * 2,
             deadline: now + self.config.session.handshake_timeout,
         };
         self.start_dial(id, &mut dial);
+        if dial.initiator.is_some() {
+            self.outgoing.push_back((remote, dial.packet.clone()));
+        }
         self.dials.insert(id, dial);
         id
     }
@@ -233,7 +237,9 @@ impl Endpoint {
             self.stats.handshake_failures += 1;
             return;
         };
-        if let Some(a) = self.answered.get(&(from, ephemeral)) {
+        // Keyed by the ephemeral key alone: a message 1 replayed from another address gets the
+        // cached answer (useless without the dialler's ephemeral secret), never a new session.
+        if let Some(a) = self.answered.get(&ephemeral) {
             if self.sessions.contains_key(&a.session) {
                 self.outgoing.push_back((from, a.packet.clone()));
                 return;
@@ -279,7 +285,7 @@ impl Endpoint {
         self.outgoing.push_back((from, packet.clone()));
         self.answered.retain(|_, a| a.expires > now);
         self.answered.insert(
-            (from, ephemeral),
+            ephemeral,
             Answered {
                 session: local,
                 packet,

@@ -124,6 +124,7 @@ pub struct Session {
     datagrams_in: VecDeque<Vec<u8>>,
     events: VecDeque<SessionEvent>,
     confirmed: bool,
+    created: Instant,
     last_received: Instant,
     last_sent: Instant,
     stats: SessionStats,
@@ -176,6 +177,7 @@ impl Session {
             datagrams_in: VecDeque::new(),
             events: VecDeque::new(),
             confirmed: p.side == Side::Client,
+            created: now,
             last_received: now,
             last_sent: now,
             stats: SessionStats::default(),
@@ -347,8 +349,9 @@ impl Session {
         self.stats.packets_received += 1;
         self.stats.bytes_received += packet_len(header_len, plain.len());
         self.last_received = now;
-        if from != self.remote {
-            // The peer's NAT rebound (or it moved); it proved itself by authenticating.
+        if from != self.remote && self.acks.largest().is_none_or(|l| pn > l) {
+            // The peer's NAT rebound (or it moved); it proved itself by authenticating, and
+            // only the newest packet counts, so a delayed or re-sent old one cannot redirect us.
             self.remote = from;
             self.stats.migrations += 1;
         }
@@ -356,7 +359,17 @@ impl Session {
             self.confirmed = true;
             self.events.push_back(SessionEvent::Connected);
         }
-        if matches!(self.state, State::Draining { .. }) {
+        if self.state != State::Established {
+            // Closing: only the peer's CLOSE matters now (it ends the wait early, silently:
+            // the application already had its Closed event).
+            let peer_closed = FrameIter::new(plain)
+                .flatten()
+                .any(|f| matches!(f, Frame::Close { .. }));
+            if peer_closed && matches!(self.state, State::Closing { .. }) {
+                self.state = State::Draining {
+                    until: now + 3 * self.rtt.pto_base(),
+                };
+            }
             return;
         }
         self.acks.on_packet(
@@ -368,7 +381,7 @@ impl Session {
         );
         for frame in FrameIter::new(plain).flatten() {
             self.handle_frame(now, frame);
-            if matches!(self.state, State::Draining { .. } | State::Closed) {
+            if self.state != State::Established {
                 break;
             }
         }
@@ -478,6 +491,11 @@ impl Session {
         self.detect_lost(now);
         self.cc
             .on_ack_processed(now, &self.rtt, self.sent.bytes_in_flight);
+        // The burst follows the rate, so GSO batches grow with it.
+        self.pacer.set_burst(Pacer::burst_for(
+            self.cc.pacing_rate(),
+            self.config.mtu as u64,
+        ));
         self.compact(now);
     }
 
@@ -539,6 +557,12 @@ impl Session {
             State::Closed => return,
             _ => {}
         }
+        if !self.confirmed && now >= self.created + self.config.handshake_timeout {
+            // A half-open session (the dialler never proved it finished the handshake, e.g.
+            // a replayed message 1): drop it quietly; the application never saw it.
+            self.state = State::Closed;
+            return;
+        }
         if now >= self.idle_deadline() {
             self.state = State::Closed;
             self.events
@@ -584,6 +608,9 @@ impl Session {
                 return Some(if close_sent { until } else { self.last_sent });
             }
             State::Draining { until } => return Some(until),
+            State::Established if !self.confirmed => {
+                return Some(self.created + self.config.handshake_timeout);
+            }
             State::Established => self.idle_deadline(),
         };
         let mut min = |x: Option<Instant>| {
@@ -631,6 +658,8 @@ impl Session {
             segments += 1;
             size += n;
             match segment_size {
+                // Only full-size packets are worth batching; a short one goes out alone.
+                None if n < mtu => break,
                 None => segment_size = Some(n),
                 Some(s) if n < s => break,
                 Some(_) => {}
@@ -648,21 +677,18 @@ impl Session {
 
     /// Builds one packet into `out`, or decides that nothing should be sent now.
     fn write_packet(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
-        let mut send_close = false;
-        match self.state {
-            State::Established => {}
-            State::Closing {
-                until,
-                close_sent: false,
-            } => {
-                send_close = true;
-                self.state = State::Closing {
-                    until,
-                    close_sent: true,
-                };
-            }
-            _ => return None,
+        // An unconfirmed session may be a replayed handshake: it sends nothing, so it cannot
+        // be used to reflect traffic at a spoofed address.
+        if !self.confirmed {
+            return None;
         }
+        let send_close = match self.state {
+            State::Established => false,
+            State::Closing {
+                close_sent: false, ..
+            } => true,
+            _ => return None,
+        };
         let ack_due = self.acks.is_due(now);
         let mut eliciting = send_close;
         if !send_close && self.wants_to_send_eliciting() {
@@ -726,22 +752,29 @@ impl Session {
                 let _ = Frame::Ping.encode(&mut w);
                 self.ping_pending = false;
             }
+            // Datagrams and streams take turns going first, so neither starves the other.
+            let datagrams_first = pn % 2 == 0;
+            if datagrams_first {
+                self.write_datagrams(&mut w);
+            }
             self.streams
                 .write_frames(now, self.rtt.smoothed(), &mut w, &mut frames);
-            while let Some(d) = self.datagrams_out.front() {
-                let f = Frame::Datagram { data: d };
-                if f.encoded_len() > w.remaining() {
-                    break;
-                }
-                let _ = f.encode(&mut w);
-                self.datagrams_out.pop_front();
-                self.stats.datagrams_sent += 1;
+            if !datagrams_first {
+                self.write_datagrams(&mut w);
             }
             if w.len() == before_eliciting {
                 // The streams had nothing after all; make the packet worth its number.
                 let _ = Frame::Ping.encode(&mut w);
             }
             self.probes = self.probes.saturating_sub(1);
+        }
+        if send_close {
+            if let State::Closing { until, .. } = self.state {
+                self.state = State::Closing {
+                    until,
+                    close_sent: true,
+                };
+            }
         }
         let body_len = w.len() - header_len;
         let (head, body) = out.split_at_mut(header_len);
@@ -791,6 +824,20 @@ impl Session {
         match self.sent.get(pn) {
             Some(p) => self.sent.frames(p).copied().collect(),
             None => Vec::new(),
+        }
+    }
+}
+
+impl Session {
+    fn write_datagrams(&mut self, w: &mut Writer<'_>) {
+        while let Some(d) = self.datagrams_out.front() {
+            let f = Frame::Datagram { data: d };
+            if f.encoded_len() > w.remaining() {
+                break;
+            }
+            let _ = f.encode(w);
+            self.datagrams_out.pop_front();
+            self.stats.datagrams_sent += 1;
         }
     }
 }

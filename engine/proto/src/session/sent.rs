@@ -19,6 +19,10 @@ pub(crate) enum Fate {
     InFlight,
     Acked,
     Lost,
+    /// An ACK-only packet: nobody acknowledges those on purpose, so it is never waited for,
+    /// never lost, and dropped with its neighbours; an acknowledgement that happens to cover it
+    /// still tells us the peer saw our ACK.
+    AckOnly,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +65,9 @@ impl SentPackets {
             self.base = pn;
         }
         debug_assert_eq!(pn, self.base + self.packets.len() as u64);
+        if !packet.in_flight {
+            packet.fate = Fate::AckOnly;
+        }
         packet.frames_start = self.frames_base + self.frames.len() as u64;
         packet.frames_len = frames.len() as u16;
         self.frames.extend(frames.iter().copied());
@@ -162,9 +169,11 @@ impl SentPackets {
     pub fn detect_lost(
         &mut self,
         packet_threshold: u64,
-        lost_before: Instant,
+        now: Instant,
         loss_delay: std::time::Duration,
     ) -> (Vec<u64>, Option<Instant>) {
+        // Early in a run `now - loss_delay` may not exist; then nothing is old enough.
+        let lost_before = now.checked_sub(loss_delay);
         let Some(largest) = self.largest_acked else {
             return (Vec::new(), None);
         };
@@ -172,7 +181,7 @@ impl SentPackets {
         let mut next_loss_time = None;
         for &pn in &self.holes {
             let Some(p) = self.get(pn) else { continue };
-            if pn + packet_threshold <= largest || p.time <= lost_before {
+            if pn + packet_threshold <= largest || lost_before.is_some_and(|t| p.time <= t) {
                 lost.push(pn);
             } else {
                 // Holes are in send order: later ones are younger and closer to `largest`.
@@ -214,7 +223,7 @@ impl SentPackets {
     pub fn compact(&mut self, keep_lost_after: Instant) {
         while let Some(front) = self.packets.front() {
             let done = match front.fate {
-                Fate::Acked => true,
+                Fate::Acked | Fate::AckOnly => true,
                 Fate::Lost => front.time < keep_lost_after,
                 Fate::InFlight => false,
             };
