@@ -6,6 +6,8 @@
 //! `handle_timeout` feed it, `poll_transmit`, `poll_timeout` and `poll_event` drain it.
 
 mod ack;
+#[cfg(test)]
+mod regression_tests;
 mod sent;
 mod stats;
 #[cfg(test)]
@@ -816,6 +818,11 @@ impl Session {
 
 #[cfg(test)]
 impl Session {
+    /// How many sent packets are still remembered.
+    pub(crate) fn tracked_sent(&self) -> usize {
+        self.sent.len()
+    }
+
     /// The frames of the packet sent last (for tests that drop packets by content).
     pub(crate) fn last_packet_frames(&self) -> Vec<SentFrame> {
         let Some(pn) = self.next_pn.checked_sub(1) else {

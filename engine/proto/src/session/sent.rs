@@ -239,6 +239,11 @@ impl SentPackets {
         }
     }
 
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.packets.len()
+    }
+
     fn leave_flight(&mut self, packet: &SentPacket) {
         if packet.in_flight {
             self.bytes_in_flight -= u64::from(packet.size);
