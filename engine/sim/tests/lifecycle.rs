@@ -21,10 +21,12 @@ fn lossy() -> LinkConfig {
 
 #[test]
 fn keys_update_many_times_without_interrupting_streams() {
-    let mut config = SessionConfig::default();
-    config.rekey = RekeyLimits {
-        max_packets: 500,
-        max_age: Duration::from_secs(3600),
+    let config = SessionConfig {
+        rekey: RekeyLimits {
+            max_packets: 500,
+            max_age: Duration::from_secs(3600),
+        },
+        ..SessionConfig::default()
     };
     let mut pair = Pair::new(7, config, lossy(), lossy());
     let (c, s) = (pair.client, pair.server);
@@ -52,9 +54,11 @@ fn keys_update_many_times_without_interrupting_streams() {
 
 #[test]
 fn keepalive_holds_an_idle_session_and_silence_is_reported_as_the_peer_gone() {
-    let mut config = SessionConfig::default();
-    config.keepalive = Duration::from_secs(1);
-    config.idle_timeout = Duration::from_secs(4);
+    let config = SessionConfig {
+        keepalive: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(4),
+        ..SessionConfig::default()
+    };
     let link = LinkConfig::new().delay(Duration::from_millis(10));
     let mut pair = Pair::new(3, config, link.clone(), link);
     let (c, s) = (pair.client, pair.server);
