@@ -405,27 +405,23 @@ impl Endpoint {
                 segment_size: None,
             });
         }
-        if self.sessions.is_empty() {
-            return None;
-        }
-        // Start after the session served last, wrapping around.
-        let start = self.cursor;
-        let ids: Vec<SessionId> = match start {
-            Some(c) => self
-                .sessions
-                .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
-                .chain(self.sessions.range(..=c))
-                .map(|(&id, _)| id)
-                .collect(),
-            None => self.sessions.keys().copied().collect(),
+        // Start after the session served last, wrapping around (no allocation: two ranges).
+        let (after, upto) = match self.cursor {
+            Some(c) => (
+                (std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded),
+                (std::ops::Bound::Unbounded, std::ops::Bound::Included(c)),
+            ),
+            None => (
+                (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+                (std::ops::Bound::Unbounded, std::ops::Bound::Excluded(SessionId::NONE)),
+            ),
         };
-        for id in ids {
-            let Some(session) = self.sessions.get_mut(&id) else {
-                continue;
-            };
-            if let Some(t) = session.poll_transmit(now, buf) {
-                self.cursor = Some(id);
-                return Some(t);
+        for range in [after, upto] {
+            for (&id, session) in self.sessions.range_mut(range) {
+                if let Some(t) = session.poll_transmit(now, buf) {
+                    self.cursor = Some(id);
+                    return Some(t);
+                }
             }
         }
         None
