@@ -6,6 +6,9 @@
 //!
 //! * `send`: `Session::write` of the batch's payload (amortised: the backlog is kept at about
 //!   1 MiB) and one `Endpoint::poll_transmit` that builds and seals the 16 datagrams.
+//! * `send_and_process_acks`: as `send`, plus `a`'s `Endpoint::handle_datagram` of the ACK
+//!   packets `b` sent for those batches (one after each batch, as in `end_to_end`): the whole
+//!   work of the sending side.
 //! * `receive`: `Endpoint::handle_datagram` of 16 datagrams and `Session::read` of their data.
 //!   The replay window rejects duplicates, so each iteration gets fresh datagrams, made by `a`
 //!   outside the timed region before each measurement round.
@@ -75,6 +78,32 @@ fn bench(c: &mut Criterion) {
                 }
                 pair.read_b();
                 pair.reply();
+                t
+            })
+        });
+    });
+
+    group.bench_function("send_and_process_acks", |b| {
+        let mut pair = Pair::new();
+        let mut wire = Datagrams::with_batches(ROUND as usize);
+        b.iter_custom(|iters| {
+            rounds(&mut pair, &mut wire, iters, |pair, wire, n| {
+                let start = Instant::now();
+                let mut sent = 0;
+                for _ in 0..n {
+                    sent += pair.send_batch(wire);
+                }
+                let mut t = start.elapsed();
+                assert_eq!(sent, n * BATCH, "the sender must never be throttled");
+                // `b` acknowledges batch by batch, as in `end_to_end`, untimed.
+                for i in 0..n {
+                    pair.receive_batch(wire, i);
+                    pair.read_b();
+                    pair.send_replies();
+                }
+                let start = Instant::now();
+                pair.handle_replies();
+                t += start.elapsed();
                 t
             })
         });
