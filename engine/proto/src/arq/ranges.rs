@@ -26,6 +26,17 @@ impl RangeSet {
         if range.is_empty() {
             return false;
         }
+        // Fast path, the common case for packet numbers and stream offsets arriving in order:
+        // the new range touches or overlaps the last stored one, so it only extends it.
+        if let Some(mut last) = self.map.last_entry() {
+            if *last.key() <= range.start && *last.get() >= range.start {
+                if *last.get() >= range.end {
+                    return false;
+                }
+                *last.get_mut() = range.end;
+                return true;
+            }
+        }
         let (mut start, mut end) = (range.start, range.end);
         // The range starting at or before `start` may contain, overlap or touch the new one.
         if let Some((&ps, &pe)) = self.map.range(..=start).next_back() {
