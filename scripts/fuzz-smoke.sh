@@ -9,8 +9,8 @@
 # (its runtime ships with stable rustc on x86_64 Linux). Without one the targets still run with
 # overflow checks and debug assertions, and every panic is a crash; what is lost is ASan's
 # detection of memory errors in unsafe code, and the fuzzed code is safe Rust (the C in aws-lc
-# is not instrumented either way). In exchange the smoke run executes about twice as many inputs
-# in the same time.
+# is not instrumented either way). In exchange the targets that run whole sessions execute three
+# to four times as many inputs in the same time, and a cold build takes about 40% less.
 #
 # Leaves the repository as it found it: inputs the fuzzer finds go to a scratch directory that
 # is deleted afterwards. A crash fails the script and keeps its input in fuzz/artifacts/<target>/
@@ -25,8 +25,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 fuzz_seconds=${FUZZ_SECONDS:-20}
 sanitizer=${FUZZ_SANITIZER:-none}
 export RUSTC_BOOTSTRAP=1
-# Build and run with the same flags, so that `cargo fuzz run` finds everything built.
-fuzz_flags=(--fuzz-dir fuzz --sanitizer "$sanitizer")
+# Build and run with the same flags, so that `cargo fuzz run` finds everything built. 16 codegen
+# units instead of cargo-fuzz's 1: a cold build took 158 s instead of 194 s here, and the targets ran
+# as fast.
+fuzz_flags=(--fuzz-dir fuzz --sanitizer "$sanitizer" --codegen-units 16)
 
 shopt -s nullglob
 sources=(fuzz/fuzz_targets/*.rs)
