@@ -25,9 +25,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 fuzz_seconds=${FUZZ_SECONDS:-20}
 sanitizer=${FUZZ_SANITIZER:-none}
 export RUSTC_BOOTSTRAP=1
-# Build and run with the same flags, so that `cargo fuzz run` finds everything built. 16 codegen
-# units instead of cargo-fuzz's 1: a cold build took 158 s instead of 194 s here, and the targets ran
-# as fast.
+# Build and run with the same flags, so that `cargo fuzz run` finds everything built. With 16
+# codegen units instead of cargo-fuzz's 1 a cold build took 158 s instead of 194 s here, and the
+# targets ran as fast.
 fuzz_flags=(--fuzz-dir fuzz --sanitizer "$sanitizer" --codegen-units 16)
 
 shopt -s nullglob

@@ -3,13 +3,16 @@
 //! own making, delivered to either endpoint from any of three addresses:
 //!
 //! * raw bytes,
-//! * captured genuine datagrams, damaged (bit flips, truncation, appended bytes) or replayed,
+//! * captured genuine datagrams (both handshake messages and the latest 32 others), damaged
+//!   (bit flips, truncation, appended bytes) or replayed,
 //! * packets sealed for the live session with its real keys: built with this build's null
 //!   cipher, they authenticate, so fuzzer-chosen frames (raw or structured) reach the session's
 //!   frame handlers.
 //!
 //! Nothing may panic, every datagram an endpoint sends must be well formed (see `common`), and
 //! the endpoint's counters and session limit must hold.
+//!
+//! `FUZZ_DEBUG=1` prints each decoded operation (for reproducing a crash).
 
 #![no_main]
 
@@ -194,8 +197,9 @@ fn encode_frames(net: &Net, receiver: usize, frames: &[FrameSpec]) -> Vec<u8> {
                 // The receiver's own packets, as far as the harness saw them.
                 let next = net.observers[receiver].next_pn();
                 let largest = next.saturating_sub(1 + u64::from(*back));
-                let mut list = vec![largest.saturating_sub(u64::from(*first))..largest + 1];
-                let mut low = list[0].start;
+                let top = largest.saturating_sub(u64::from(*first))..largest + 1;
+                let mut low = top.start;
+                let mut list = Vec::from([top]);
                 for &(gap, len) in ranges {
                     let Some(end) = low.checked_sub(u64::from(gap) + 1) else {
                         break;
@@ -362,10 +366,9 @@ fn run(net: &mut Net, forger: &mut Forger, op: Op) {
             truncate,
             append,
         } => {
-            if net.captured.is_empty() {
+            let Some(c) = net.captured(index) else {
                 return;
-            }
-            let c = net.captured[usize::from(index) % net.captured.len()].clone();
+            };
             let to = if reflect { c.sender } else { 1 - c.sender };
             let mut data = damage(c.data, &flips, truncate, &append);
             net.deliver(to, from_addr(from, 1 - to), &mut data);
@@ -375,10 +378,9 @@ fn run(net: &mut Net, forger: &mut Forger, op: Op) {
             reflect,
             from,
         } => {
-            if net.captured.is_empty() {
+            let Some(c) = net.captured(index) else {
                 return;
-            }
-            let c = net.captured[usize::from(index) % net.captured.len()].clone();
+            };
             let to = if reflect { c.sender } else { 1 - c.sender };
             let mut data = c.data;
             net.deliver(to, from_addr(from, 1 - to), &mut data);
@@ -422,10 +424,18 @@ fuzz_target!(|data: &[u8]| {
         let Ok(op) = Op::arbitrary(&mut u) else {
             break;
         };
-        if std::env::var_os("FUZZ_DEBUG").is_some() {
+        let debug = std::env::var_os("FUZZ_DEBUG").is_some();
+        if debug {
             eprintln!("{op:?}");
         }
         run(&mut net, &mut forger, op);
+        if debug {
+            for i in 0..2 {
+                if let Some(s) = net.endpoints[i].session(net.ids[i]) {
+                    eprintln!("  endpoint {i}: {:?}", s.stats());
+                }
+            }
+        }
     }
     // Let the dust settle: whatever state the fuzzer left, timers must still work.
     for _ in 0..16 {

@@ -2,6 +2,8 @@
 //! reset, close) interleaved with network manipulation (deliver, drop, duplicate, reorder) and
 //! clock advances. Whatever a stream yields to a reader must be exactly a prefix of what the
 //! other end wrote on it, and a FIN only ever comes after all of it. Nothing may panic.
+//!
+//! `FUZZ_DEBUG=1` prints each decoded operation (for reproducing a crash).
 
 #![no_main]
 
@@ -102,10 +104,10 @@ impl Model {
     fn learn(&mut self, net: &mut Net) {
         for side in 0..2 {
             for event in std::mem::take(&mut net.events[side]) {
-                if let SessionEvent::Stream(StreamEvent::Opened { id, .. }) = event.kind {
-                    if !self.known[side].contains(&id) {
-                        self.known[side].push(id);
-                    }
+                if let SessionEvent::Stream(StreamEvent::Opened { id, .. }) = event.kind
+                    && !self.known[side].contains(&id)
+                {
+                    self.known[side].push(id);
                 }
             }
         }
@@ -159,11 +161,11 @@ impl Model {
             Op::Net(op) => net.apply(op),
             Op::Open { side, map_id } => {
                 let side = usize::from(side);
-                if let Some(session) = net.session_mut(side) {
-                    if let Ok(id) = session.open_stream(map_id) {
-                        assert!(!self.known[side].contains(&id), "{id:?} opened twice");
-                        self.known[side].push(id);
-                    }
+                if let Some(session) = net.session_mut(side)
+                    && let Ok(id) = session.open_stream(map_id)
+                {
+                    assert!(!self.known[side].contains(&id), "{id:?} opened twice");
+                    self.known[side].push(id);
                 }
             }
             Op::Write { side, stream, len } => {
@@ -173,12 +175,12 @@ impl Model {
                 let data: Vec<u8> = (0..usize::from(len) % (MAX_WRITE + 1))
                     .map(|i| pattern(side, id, sent.len + i as u64))
                     .collect();
-                if let Some(session) = net.session_mut(side) {
-                    if let Ok(n) = session.write(id, &data) {
-                        assert!(n <= data.len());
-                        assert!(!sent.finished || n == 0, "{id:?}: write after finish");
-                        sent.len += n as u64;
-                    }
+                if let Some(session) = net.session_mut(side)
+                    && let Ok(n) = session.write(id, &data)
+                {
+                    assert!(n <= data.len());
+                    assert!(!sent.finished || n == 0, "{id:?}: write after finish");
+                    sent.len += n as u64;
                 }
             }
             Op::Read { side, stream, max } => {
@@ -199,10 +201,10 @@ impl Model {
             Op::Finish { side, stream } => {
                 let side = usize::from(side);
                 let id = self.pick(side, stream);
-                if let Some(session) = net.session_mut(side) {
-                    if session.finish(id).is_ok() {
-                        self.sent.entry((side, id)).or_default().finished = true;
-                    }
+                if let Some(session) = net.session_mut(side)
+                    && session.finish(id).is_ok()
+                {
+                    self.sent.entry((side, id)).or_default().finished = true;
                 }
             }
             Op::Reset { side, stream, code } => {
@@ -240,6 +242,9 @@ fuzz_target!(|data: &[u8]| {
         let Ok(op) = Op::arbitrary(&mut u) else {
             break;
         };
+        if std::env::var_os("FUZZ_DEBUG").is_some() {
+            eprintln!("{op:?}");
+        }
         model.apply(&mut net, op);
     }
 });

@@ -86,8 +86,9 @@ pub struct Net {
     pub queues: [VecDeque<Datagram>; 2],
     /// Events polled from each endpoint, for the target to consume.
     pub events: [Vec<Event>; 2],
-    /// Recent genuine datagrams (only when capturing).
-    pub captured: VecDeque<Captured>,
+    /// The two handshake messages, then recent genuine datagrams (only when capturing).
+    handshake_messages: Vec<Captured>,
+    captured: VecDeque<Captured>,
     capture: bool,
     /// Per sending endpoint, the receive keys of the session under test.
     pub observers: [Observer; 2],
@@ -138,6 +139,7 @@ impl Net {
             ids: [SessionId::NONE; 2],
             queues: [VecDeque::new(), VecDeque::new()],
             events: [Vec::new(), Vec::new()],
+            handshake_messages: Vec::new(),
             captured: VecDeque::new(),
             capture,
             observers: [Observer::new([0; 32]), Observer::new([0; 32])],
@@ -163,6 +165,18 @@ impl Net {
         self.observers = self.secrets.map(Observer::new);
         self.endpoints[0].handle_datagram(self.now, addr(1), &mut msg2.clone());
         self.delivered = [1, 1];
+        if self.capture {
+            self.handshake_messages = vec![
+                Captured {
+                    sender: 0,
+                    data: msg1,
+                },
+                Captured {
+                    sender: 1,
+                    data: msg2,
+                },
+            ];
+        }
         // The dialler's first packet confirms the session to the acceptor.
         self.flush();
         for i in 0..2 {
@@ -186,6 +200,18 @@ impl Net {
             .poll_transmit(self.now, &mut self.buf)
             .expect("a handshake message to send");
         self.buf[..t.size].to_vec()
+    }
+
+    /// A genuine datagram seen so far (the handshake messages and the latest others), picked
+    /// by `index` modulo their number.
+    pub fn captured(&self, index: u8) -> Option<Captured> {
+        let n = self.handshake_messages.len() + self.captured.len();
+        let i = usize::from(index).checked_rem(n)?;
+        let c = match i.checked_sub(self.handshake_messages.len()) {
+            None => &self.handshake_messages[i],
+            Some(j) => &self.captured[j],
+        };
+        Some(c.clone())
     }
 
     pub fn session_mut(&mut self, i: usize) -> Option<&mut engine_proto::Session> {
@@ -356,10 +382,8 @@ impl Net {
             }
             NetOp::Reorder { to, index } => {
                 let q = &mut self.queues[usize::from(to)];
-                if let Some(i) = pick(q, index) {
-                    if let Some(d) = q.remove(i) {
-                        q.push_front(d);
-                    }
+                if let Some(d) = pick(q, index).and_then(|i| q.remove(i)) {
+                    q.push_front(d);
                 }
             }
             NetOp::Flush => self.flush(),
