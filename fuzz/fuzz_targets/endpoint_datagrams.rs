@@ -342,10 +342,7 @@ fn app(net: &mut Net, op: &AppOp) {
             reason,
         } => {
             if let Some(session) = net.session_mut(side(s)) {
-                // Codes above the varint maximum are kept out: `Session::close` accepts them and
-                // then emits a truncated CLOSE frame (a known engine-proto bug, reported from this
-                // fuzzer; remove the mask once `close` rejects or clamps such codes).
-                session.close(now, code & VARINT_MAX, reason);
+                session.close(now, code, reason);
             }
         }
     }

@@ -413,7 +413,10 @@ impl Endpoint {
             ),
             None => (
                 (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
-                (std::ops::Bound::Unbounded, std::ops::Bound::Excluded(SessionId::NONE)),
+                (
+                    std::ops::Bound::Unbounded,
+                    std::ops::Bound::Excluded(SessionId::NONE),
+                ),
             ),
         };
         for range in [after, upto] {

@@ -23,10 +23,7 @@ mod streams;
 
 pub use streams::Streams;
 
-use crate::wire::{StreamId, WindowTarget};
-
-/// The largest value a varint can carry (mirrors the wire module's private constant).
-const VARINT_MAX: u64 = (1 << 62) - 1;
+use crate::wire::{StreamId, VARINT_MAX, WindowTarget};
 
 /// The stream receive window each end may assume of the other before any WINDOW frame.
 pub const INITIAL_STREAM_WINDOW: u64 = 64 * 1024;

@@ -281,11 +281,13 @@ impl Session {
         self.datagrams_in.pop_front()
     }
 
-    /// Closes the session: the peer is told with a CLOSE frame, streams are abandoned.
+    /// Closes the session: the peer is told with a CLOSE frame, streams are abandoned. Codes
+    /// above [`crate::wire::VARINT_MAX`] (2^62 - 1) are sent as that maximum.
     pub fn close(&mut self, now: Instant, code: u64, reason: &[u8]) {
         if self.state != State::Established {
             return;
         }
+        let code = code.min(crate::wire::VARINT_MAX);
         self.close_frame = Some((code, reason.to_vec()));
         self.state = State::Closing {
             until: now + 3 * self.rtt.pto_base(),

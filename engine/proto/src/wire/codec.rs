@@ -136,6 +136,24 @@ impl<'a> Writer<'a> {
         }
     }
 
+    /// Forgets everything written after `len` bytes (undoes a partial write that failed).
+    pub fn rollback(&mut self, len: usize) {
+        self.pos = self.pos.min(len);
+    }
+
+    /// Runs `f`, undoing whatever it wrote if it fails, so a frame is written whole or not at all.
+    pub fn atomic<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, WireError>,
+    ) -> Result<T, WireError> {
+        let start = self.pos;
+        let result = f(self);
+        if result.is_err() {
+            self.rollback(start);
+        }
+        result
+    }
+
     /// The written prefix.
     pub fn written(&self) -> &[u8] {
         &self.buf[..self.pos]
@@ -166,6 +184,19 @@ mod tests {
     fn truncated_varint_is_an_error() {
         let mut r = Reader::new(&[0xc0, 1, 2]);
         assert_eq!(r.varint(), Err(WireError::Truncated));
+    }
+
+    #[test]
+    fn atomic_writes_leave_nothing_behind_on_failure() {
+        let mut buf = [0u8; 4];
+        let mut w = Writer::new(&mut buf);
+        w.u8(9).unwrap();
+        let r = w.atomic(|w| {
+            w.u8(1)?;
+            w.varint(VARINT_MAX + 1)
+        });
+        assert_eq!(r, Err(WireError::Malformed));
+        assert_eq!(w.written(), &[9]);
     }
 
     #[test]

@@ -81,9 +81,13 @@ impl Frame<'_> {
         !matches!(self, Frame::Padding | Frame::Ack(_))
     }
 
-    /// Encodes every frame except ACK (use [`AckFrame::encode`]) and STREAM (use
-    /// [`StreamFrameHeader`], which lets the caller copy data straight into the packet).
+    /// Encodes every frame except ACK (use [`AckFrame::encode`]). A frame that does not fit, or
+    /// has a field beyond the varint range, is an error and leaves the writer as it was.
     pub fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.atomic(|w| self.encode_unchecked(w))
+    }
+
+    fn encode_unchecked(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
         match *self {
             Frame::Padding => w.varint(PADDING),
             Frame::Ping => w.varint(PING),
@@ -211,7 +215,12 @@ impl StreamFrameHeader {
         1 + varint_len(id.0) + varint_len(offset) + 8
     }
 
+    /// Writes the header, or nothing if it fails.
     pub fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.atomic(|w| self.encode_unchecked(w))
+    }
+
+    fn encode_unchecked(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
         let mut ty = STREAM_BASE;
         if self.fin {
             ty |= STREAM_FIN;
@@ -564,6 +573,23 @@ mod tests {
                 data: b"abc"
             }
         );
+    }
+
+    #[test]
+    fn a_frame_that_cannot_be_encoded_writes_nothing() {
+        let mut buf = [0u8; 64];
+        let mut w = Writer::new(&mut buf);
+        let bad = Frame::Close {
+            error_code: u64::MAX,
+            reason: b"x",
+        };
+        assert_eq!(bad.encode(&mut w), Err(WireError::Malformed));
+        assert_eq!(w.len(), 0);
+        let mut small = [0u8; 3];
+        let mut w = Writer::new(&mut small);
+        let big = Frame::Datagram { data: b"too long" };
+        assert_eq!(big.encode(&mut w), Err(WireError::BufferTooSmall));
+        assert_eq!(w.len(), 0);
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod codec;
 mod frame;
 mod header;
 
-pub use codec::{Reader, Writer, varint_len};
+pub use codec::{Reader, VARINT_MAX, Writer, varint_len};
 pub use frame::{AckFrame, AckRanges, Frame, FrameIter, StreamFrameHeader, WindowTarget};
 pub use header::{Header, PacketType, decode_packet_number};
 
