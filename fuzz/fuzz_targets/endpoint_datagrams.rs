@@ -342,7 +342,7 @@ fn app(net: &mut Net, op: &AppOp) {
             reason,
         } => {
             if let Some(session) = net.session_mut(side(s)) {
-                session.close(now, code, reason);
+                session.close(now, *code, reason);
             }
         }
     }

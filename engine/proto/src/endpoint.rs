@@ -16,7 +16,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::config::SessionConfig;
-use crate::crypto::{Initiator, Psk, respond};
+use crate::crypto::{Initiator, Psk, SessionKeys, respond};
 use crate::session::{CloseReason, Session, SessionEvent, SessionParams, Transmit};
 use crate::wire::{Header, PacketType, SessionId, Side, Writer};
 
@@ -78,6 +78,15 @@ fn decode_params(payload: &[u8]) -> Option<SessionId> {
     let bytes: [u8; PARAMS_LEN] = payload.get(..PARAMS_LEN)?.try_into().ok()?;
     let id = SessionId(u32::from_be_bytes(bytes));
     (id != SessionId::NONE).then_some(id)
+}
+
+/// A handshake packet: the header, then the Noise message.
+fn handshake_packet(ty: PacketType, session_id: SessionId, msg: &[u8]) -> Vec<u8> {
+    let mut packet = vec![0u8; Header::HANDSHAKE_LEN];
+    // A 5-byte header always fits its 5-byte buffer.
+    let _ = Header::handshake(ty, session_id).emit(&mut Writer::new(&mut packet));
+    packet.extend_from_slice(msg);
+    packet
 }
 
 /// A handshake we started and that has not been answered yet.
@@ -194,13 +203,8 @@ impl Endpoint {
         let mut msg = Vec::with_capacity(128);
         match Initiator::start(&self.config.psk, seed, &encode_params(id), &mut msg) {
             Ok(initiator) => {
-                let mut packet = vec![0u8; Header::HANDSHAKE_LEN];
-                let header = Header::handshake(PacketType::HandshakeInit, SessionId::NONE);
-                if header.emit(&mut Writer::new(&mut packet)).is_ok() {
-                    packet.extend_from_slice(&msg);
-                    dial.packet = packet;
-                    dial.initiator = Some(initiator);
-                }
+                dial.packet = handshake_packet(PacketType::HandshakeInit, SessionId::NONE, &msg);
+                dial.initiator = Some(initiator);
             }
             Err(_) => dial.initiator = None,
         }
@@ -261,27 +265,9 @@ impl Endpoint {
             self.stats.handshake_failures += 1;
             return;
         };
-        let (tx, rx) = keys.into_keys(now, self.config.session.rekey);
-        let session = Session::new(
-            now,
-            SessionParams {
-                side: Side::Server,
-                config: self.config.session.clone(),
-                local_id: local,
-                remote_id,
-                remote: from,
-                tx,
-                rx,
-            },
-        );
-        self.sessions.insert(local, session);
+        self.add_session(now, Side::Server, local, remote_id, from, keys);
         self.stats.handshakes_accepted += 1;
-        let mut packet = vec![0u8; Header::HANDSHAKE_LEN];
-        let header = Header::handshake(PacketType::HandshakeResponse, remote_id);
-        if header.emit(&mut Writer::new(&mut packet)).is_err() {
-            return;
-        }
-        packet.extend_from_slice(&msg2);
+        let packet = handshake_packet(PacketType::HandshakeResponse, remote_id, &msg2);
         self.outgoing.push_back((from, packet.clone()));
         self.answered.retain(|_, a| a.expires > now);
         self.answered.insert(
@@ -318,21 +304,30 @@ impl Endpoint {
             return;
         };
         self.dials.remove(&id);
-        let (tx, rx) = keys.into_keys(now, self.config.session.rekey);
-        let session = Session::new(
-            now,
-            SessionParams {
-                side: Side::Client,
-                config: self.config.session.clone(),
-                local_id: id,
-                remote_id,
-                remote: from,
-                tx,
-                rx,
-            },
-        );
-        self.sessions.insert(id, session);
+        self.add_session(now, Side::Client, id, remote_id, from, keys);
         self.stats.handshakes_completed += 1;
+    }
+
+    fn add_session(
+        &mut self,
+        now: Instant,
+        side: Side,
+        local_id: SessionId,
+        remote_id: SessionId,
+        remote: SocketAddr,
+        keys: SessionKeys,
+    ) {
+        let (tx, rx) = keys.into_keys(now, self.config.session.rekey);
+        let params = SessionParams {
+            side,
+            config: self.config.session.clone(),
+            local_id,
+            remote_id,
+            remote,
+            tx,
+            rx,
+        };
+        self.sessions.insert(local_id, Session::new(now, params));
     }
 
     /// Handles every timer that is due.

@@ -135,14 +135,7 @@ impl Frame<'_> {
                 fin,
                 data,
             } => {
-                StreamFrameHeader {
-                    id,
-                    offset,
-                    len: data.len(),
-                    fin,
-                    has_len: true,
-                }
-                .encode(w)?;
+                StreamFrameHeader::with_len(id, offset, fin, data.len()).encode(w)?;
                 w.bytes(data)
             }
         }
@@ -174,15 +167,7 @@ impl Frame<'_> {
                 fin,
                 data,
             } => {
-                StreamFrameHeader {
-                    id,
-                    offset,
-                    len: data.len(),
-                    fin,
-                    has_len: true,
-                }
-                .encoded_len()
-                    + data.len()
+                StreamFrameHeader::with_len(id, offset, fin, data.len()).encoded_len() + data.len()
             }
         }
     }
@@ -200,6 +185,17 @@ pub struct StreamFrameHeader {
 }
 
 impl StreamFrameHeader {
+    /// The header of a frame that states its length (so another frame may follow it).
+    pub fn with_len(id: StreamId, offset: u64, fin: bool, len: usize) -> Self {
+        Self {
+            id,
+            offset,
+            len,
+            fin,
+            has_len: true,
+        }
+    }
+
     pub fn encoded_len(&self) -> usize {
         1 + varint_len(self.id.0)
             + varint_len(self.offset)
