@@ -448,7 +448,7 @@ impl Session {
             if range.end <= floor {
                 break;
             }
-            newly.extend(self.sent.newly_acked(range, self.next_pn));
+            self.sent.newly_acked(range, self.next_pn, &mut newly);
         }
         if newly.is_empty() {
             self.scratch_pns = newly;

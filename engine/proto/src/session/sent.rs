@@ -117,18 +117,20 @@ impl SentPackets {
         above.min(hole).min(lost)
     }
 
-    /// The packet numbers an ACK range newly acknowledges, ascending. `end` is clamped to what
-    /// was sent, so a peer acknowledging packets never sent cannot make us loop.
-    pub fn newly_acked(&self, range: Range<u64>, next_pn: u64) -> Vec<u64> {
+    /// Appends to `out` the packet numbers an ACK range newly acknowledges. `end` is clamped to
+    /// what was sent, so a peer acknowledging packets never sent cannot make us loop.
+    pub fn newly_acked(&self, range: Range<u64>, next_pn: u64, out: &mut Vec<u64>) {
         let end = range.end.min(next_pn);
-        let mut out: Vec<u64> = self.holes.range(range.start..end).copied().collect();
-        out.extend(self.lost.range(range.start..end).copied());
+        if range.start >= end {
+            return;
+        }
+        out.extend(self.holes.range(range.start..end));
+        out.extend(self.lost.range(range.start..end));
         let above = self
             .largest_acked
             .map_or(self.base, |l| l + 1)
             .max(range.start);
         out.extend(above..end.max(above));
-        out
     }
 
     /// Marks `pn` acknowledged. Returns the packet if it was still in flight or lost (a late
