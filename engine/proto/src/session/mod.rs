@@ -264,7 +264,7 @@ impl Session {
 
     /// Queues an unreliable datagram. It is dropped (and counted) if it can never fit a packet.
     pub fn send_datagram(&mut self, data: &[u8]) -> bool {
-        if data.len() + 3 > self.config.max_payload() - 1 {
+        if (Frame::Datagram { data }).encoded_len() > self.config.max_payload() {
             self.stats.datagrams_dropped += 1;
             return false;
         }
@@ -472,9 +472,9 @@ impl Session {
             if pn == ack.largest {
                 rtt_sample = Some(now.saturating_duration_since(p.time));
             }
-            if p.in_flight {
+            if let Some(snapshot) = &p.snapshot {
                 self.cc
-                    .on_packet_acked(now, &p.snapshot, p.time, u64::from(p.size));
+                    .on_packet_acked(now, snapshot, p.time, u64::from(p.size));
             }
             if let Some(l) = p.largest_ack_sent {
                 largest_ack_acked = Some(largest_ack_acked.map_or(l, |m: u64| m.max(l)));
@@ -525,8 +525,10 @@ impl Session {
             return;
         };
         self.stats.packets_lost += 1;
-        self.cc
-            .on_packet_lost(now, &p.snapshot, p.time, u64::from(p.size));
+        if let Some(snapshot) = &p.snapshot {
+            self.cc
+                .on_packet_lost(now, snapshot, p.time, u64::from(p.size));
+        }
         for f in self.sent.frames(&p) {
             if let SentFrame::Stream { len, .. } = f {
                 self.stats.stream_bytes_retransmitted += u64::from(*len);
@@ -795,23 +797,17 @@ impl Session {
             }
         }
         self.last_sent = now;
-        if eliciting {
-            let snapshot = self
-                .cc
-                .on_packet_sent(now, size as u64, self.sent.bytes_in_flight);
+        // ACK-only packets are invisible to the rate controller (they are not in flight).
+        let snapshot = eliciting.then(|| {
             self.pacer.on_sent(now, size as u64);
             self.last_eliciting_sent = Some(now);
-            let packet =
-                SentPackets::new_packet(now, size as u32, true, snapshot, largest_ack_sent);
-            self.sent.push(pn, packet, &frames);
-            if !self.wants_to_send_eliciting() {
-                self.cc.on_app_limited(self.sent.bytes_in_flight);
-            }
-        } else {
-            let snapshot = self.cc.on_packet_sent(now, 0, self.sent.bytes_in_flight);
-            let packet =
-                SentPackets::new_packet(now, size as u32, false, snapshot, largest_ack_sent);
-            self.sent.push(pn, packet, &frames);
+            self.cc
+                .on_packet_sent(now, size as u64, self.sent.bytes_in_flight)
+        });
+        let packet = SentPackets::new_packet(now, size as u32, snapshot, largest_ack_sent);
+        self.sent.push(pn, packet, &frames);
+        if eliciting && !self.wants_to_send_eliciting() {
+            self.cc.on_app_limited(self.sent.bytes_in_flight);
         }
         self.scratch_frames = frames;
         Some(size)
@@ -838,6 +834,7 @@ impl Session {
 }
 
 impl Session {
+    /// Appends as many queued datagrams as fit.
     fn write_datagrams(&mut self, w: &mut Writer<'_>) {
         while let Some(d) = self.datagrams_out.front() {
             let f = Frame::Datagram { data: d };

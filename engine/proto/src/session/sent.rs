@@ -29,14 +29,21 @@ pub(crate) enum Fate {
 pub(crate) struct SentPacket {
     pub time: Instant,
     pub size: u32,
-    /// Ack-eliciting, and so counted in bytes in flight (everything except ACK-only packets).
-    pub in_flight: bool,
-    pub snapshot: SendSnapshot,
+    /// The rate controller's record of an ack-eliciting packet, which counts in bytes in
+    /// flight; None for an ACK-only packet, which the controller never sees.
+    pub snapshot: Option<SendSnapshot>,
     /// The largest packet number our ACK frame in this packet covered, if it had one.
     pub largest_ack_sent: Option<u64>,
     frames_start: u64,
     frames_len: u16,
     pub fate: Fate,
+}
+
+impl SentPacket {
+    /// Ack-eliciting, and so counted in bytes in flight (everything except ACK-only packets).
+    pub fn in_flight(&self) -> bool {
+        self.snapshot.is_some()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -65,13 +72,13 @@ impl SentPackets {
             self.base = pn;
         }
         debug_assert_eq!(pn, self.base + self.packets.len() as u64);
-        if !packet.in_flight {
+        if !packet.in_flight() {
             packet.fate = Fate::AckOnly;
         }
         packet.frames_start = self.frames_base + self.frames.len() as u64;
         packet.frames_len = frames.len() as u16;
         self.frames.extend(frames.iter().copied());
-        if packet.in_flight {
+        if packet.in_flight() {
             self.bytes_in_flight += u64::from(packet.size);
             self.ack_eliciting_in_flight += 1;
         }
@@ -81,14 +88,12 @@ impl SentPackets {
     pub fn new_packet(
         time: Instant,
         size: u32,
-        in_flight: bool,
-        snapshot: SendSnapshot,
+        snapshot: Option<SendSnapshot>,
         largest_ack_sent: Option<u64>,
     ) -> SentPacket {
         SentPacket {
             time,
             size,
-            in_flight,
             snapshot,
             largest_ack_sent,
             frames_start: 0,
@@ -215,7 +220,7 @@ impl SentPackets {
             .iter()
             .enumerate()
             .take_while(|(_, p)| p.time <= cutoff)
-            .filter(|(_, p)| p.fate == Fate::InFlight && p.in_flight)
+            .filter(|(_, p)| p.fate == Fate::InFlight && p.in_flight())
             .map(|(i, _)| self.base + i as u64)
             .collect()
     }
@@ -247,7 +252,7 @@ impl SentPackets {
     }
 
     fn leave_flight(&mut self, packet: &SentPacket) {
-        if packet.in_flight {
+        if packet.in_flight() {
             self.bytes_in_flight -= u64::from(packet.size);
             self.ack_eliciting_in_flight -= 1;
         }

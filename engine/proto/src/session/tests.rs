@@ -151,28 +151,9 @@ fn a_stalled_stream_never_delays_another() {
 /// each a complete packet the peer accepts.
 #[test]
 fn gso_batches_hold_equal_segments_that_each_decrypt() {
-    let server_addr: SocketAddr = "127.0.0.1:2".parse().unwrap();
-    let client_addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    let mut config = EndpointConfig::new(Psk::from_bytes([5; 32]));
-    config.session.rate = crate::arq::RateControlConfig::Fixed {
-        bytes_per_sec: 1 << 30,
-    };
-    let mut client_cfg = config.clone();
-    client_cfg.accept = false;
-    let mut client = Endpoint::new(client_cfg, [1; 32]);
-    let mut server = Endpoint::new(config, [2; 32]);
+    let (mut client, mut server, cid, client_addr) = connected_pair();
     let now = Instant::now();
-    let cid = client.connect(now, server_addr);
     let mut buf = vec![0u8; 64 * 1024];
-    // Handshake: init, response, then the client's confirming packet.
-    for _ in 0..3 {
-        while let Some(t) = client.poll_transmit(now, &mut buf) {
-            server.handle_datagram(now, client_addr, &mut buf[..t.size]);
-        }
-        while let Some(t) = server.poll_transmit(now, &mut buf) {
-            client.handle_datagram(now, server_addr, &mut buf[..t.size]);
-        }
-    }
     let s = client.session_mut(cid).expect("connected");
     let id = s.open_stream(1).unwrap();
     assert_eq!(s.write(id, &[7u8; 100_000]).unwrap(), 100_000);
@@ -190,4 +171,75 @@ fn gso_batches_hold_equal_segments_that_each_decrypt() {
     let after = server.sessions().next().unwrap().stats();
     assert_eq!(after.packets_received - before, chunks.len() as u64);
     assert_eq!(after.dropped_auth + after.dropped_malformed, 0);
+}
+
+/// A dialler and an acceptor whose handshake completed in memory (no rate limit to speak of),
+/// with the dialler's session id and address.
+fn connected_pair() -> (Endpoint, Endpoint, crate::wire::SessionId, SocketAddr) {
+    let server_addr: SocketAddr = "127.0.0.1:2".parse().unwrap();
+    let client_addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let mut config = EndpointConfig::new(Psk::from_bytes([5; 32]));
+    config.session.rate = crate::arq::RateControlConfig::Fixed {
+        bytes_per_sec: 1 << 30,
+    };
+    let mut client_cfg = config.clone();
+    client_cfg.accept = false;
+    let mut client = Endpoint::new(client_cfg, [1; 32]);
+    let mut server = Endpoint::new(config, [2; 32]);
+    let now = Instant::now();
+    let cid = client.connect(now, server_addr);
+    exchange(&mut client, &mut server, client_addr, server_addr, now);
+    assert!(
+        client.session(cid).is_some() && server.sessions().next().is_some_and(|s| s.is_confirmed())
+    );
+    (client, server, cid, client_addr)
+}
+
+/// Delivers everything both sides want to send, back and forth, until both are quiet.
+fn exchange(
+    client: &mut Endpoint,
+    server: &mut Endpoint,
+    client_addr: SocketAddr,
+    server_addr: SocketAddr,
+    now: Instant,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..4 {
+        while let Some(t) = client.poll_transmit(now, &mut buf) {
+            let seg = t.segment_size.unwrap_or(t.size);
+            for c in buf[..t.size].to_vec().chunks_mut(seg) {
+                server.handle_datagram(now, client_addr, c);
+            }
+        }
+        while let Some(t) = server.poll_transmit(now, &mut buf) {
+            let seg = t.segment_size.unwrap_or(t.size);
+            for c in buf[..t.size].to_vec().chunks_mut(seg) {
+                client.handle_datagram(now, server_addr, c);
+            }
+        }
+    }
+}
+
+/// DATAGRAM frames carry unreliable payloads whole; one that can never fit a packet is refused.
+#[test]
+fn datagrams_arrive_whole_and_oversized_ones_are_refused() {
+    let (mut client, mut server, cid, client_addr) = connected_pair();
+    let now = Instant::now();
+    let s = client.session_mut(cid).unwrap();
+    let max = s.config().max_payload() - 3; // DATAGRAM frame: type and a 2-byte length
+    assert!(s.send_datagram(b"one"));
+    assert!(s.send_datagram(&vec![9u8; max]));
+    assert!(!s.send_datagram(&vec![9u8; max + 1]));
+    assert_eq!(s.stats().datagrams_dropped, 1);
+    exchange(
+        &mut client,
+        &mut server,
+        client_addr,
+        "127.0.0.1:2".parse().unwrap(),
+        now,
+    );
+    let sid = server.sessions().next().unwrap().local_id();
+    let got: Vec<Vec<u8>> =
+        std::iter::from_fn(|| server.session_mut(sid).unwrap().recv_datagram()).collect();
+    assert_eq!(got, vec![b"one".to_vec(), vec![9u8; max]]);
 }
