@@ -171,6 +171,18 @@ pub struct Stats {
     pub sessions: u64,
     /// Open multiplexed streams across all sessions.
     pub streams: u64,
+    /// Forwarded connections accepted on `maps` listeners.
+    pub connections_accepted: u64,
+    /// Streams opened by peers and connected to an `allow` target.
+    pub streams_connected: u64,
+    /// Streams opened by peers for a map id this node's `allow` list does not name.
+    pub streams_refused: u64,
+    /// Connections to `allow` targets that failed (refused, unreachable, timed out).
+    pub connects_failed: u64,
+    /// Local connections closed because no session to their peer came up in time.
+    pub session_waits_expired: u64,
+    /// Peer sessions that ended, for any reason (the dialling side then re-handshakes).
+    pub sessions_closed: u64,
 }
 
 /// Why a control line could not be parsed.
@@ -265,6 +277,7 @@ mod tests {
                 packets_rejected: 8,
                 sessions: 9,
                 streams: 10,
+                ..Stats::default()
             }),
             Response::Reloaded { maps: 4 },
             Response::Error {
