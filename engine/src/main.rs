@@ -4,11 +4,13 @@
 //! an exit code; each subcommand lives in its own module so the dataplane (the next issue) slots
 //! in behind [`run`] without touching the rest.
 //!
-//! Exit codes: 0 success, 1 runtime error (unreadable config, failed key generation, ...),
-//! 2 usage error (reported by clap), 69 (`EX_UNAVAILABLE`) the dataplane is not built yet.
+//! Exit codes: 0 success (including a run stopped by SIGTERM or SIGINT), 1 runtime error
+//! (invalid config, a socket that cannot be bound, failed key generation, ...), 2 usage error
+//! (reported by clap).
 
 mod cli;
 mod config;
+mod dataplane;
 mod keys;
 
 use std::io::{self, IsTerminal, Write};
@@ -23,18 +25,20 @@ use crate::cli::{Cli, Command};
 
 /// A runtime error: the command line was fine, the work failed.
 const EXIT_FAILURE: u8 = 1;
-/// The dataplane is not part of this build yet (sysexits' `EX_UNAVAILABLE`), so a service
-/// manager or script can tell "not implemented" apart from a broken config.
-const EXIT_NO_DATAPLANE: u8 = 69;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_level.as_deref());
     let outcome = match &cli.command {
-        Some(Command::Check { config }) => check(config),
-        Some(Command::Genkey) => genkey(),
+        Some(Command::Check { config }) => {
+            init_tracing(cli.log_level.as_deref(), None);
+            check(config)
+        }
+        Some(Command::Genkey) => {
+            init_tracing(cli.log_level.as_deref(), None);
+            genkey()
+        }
         None => match &cli.config {
-            Some(config) => run(config),
+            Some(config) => run(config, cli.log_level.as_deref()),
             None => Cli::command()
                 .error(
                     clap::error::ErrorKind::MissingRequiredArgument,
@@ -56,8 +60,9 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr so that stdout stays clean for output meant for scripts (`genkey`).
 ///
-/// `--log-level` wins over `RUST_LOG`; without either the engine logs at `info`.
-fn init_tracing(log_level: Option<&str>) {
+/// `--log-level` wins over `RUST_LOG`, which wins over the config's `log.level`; without any the
+/// engine logs at `info`.
+fn init_tracing(log_level: Option<&str>, config_level: Option<&str>) {
     const DEFAULT_FILTER: &str = "info";
     let filter = match log_level {
         // Already validated by the argument parser.
@@ -68,7 +73,15 @@ fn init_tracing(log_level: Option<&str>) {
                 EnvFilter::try_new(DEFAULT_FILTER)
             })
         }
-        None => EnvFilter::try_new(DEFAULT_FILTER),
+        None => match config_level {
+            Some(level) => EnvFilter::try_new(level).or_else(|err| {
+                eprintln!(
+                    "engine: ignoring invalid log.level ({err}); logging at {DEFAULT_FILTER}"
+                );
+                EnvFilter::try_new(DEFAULT_FILTER)
+            }),
+            None => EnvFilter::try_new(DEFAULT_FILTER),
+        },
     }
     .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     tracing_subscriber::fmt()
@@ -78,15 +91,14 @@ fn init_tracing(log_level: Option<&str>) {
         .init();
 }
 
-/// `engine -c <FILE>`: run the dataplane on a config.
-fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let config = config::ConfigFile::read(config_path)?;
-    tracing::debug!(config = %config.path.display(), bytes = config.text.len(), "config read");
-    eprintln!(
-        "engine: the dataplane is not built yet; read {} but nothing is served, exiting",
-        config.path.display()
-    );
-    Ok(ExitCode::from(EXIT_NO_DATAPLANE))
+/// `engine -c <FILE>`: run the dataplane on a config until SIGTERM or SIGINT.
+fn run(config_path: &Path, log_level: Option<&str>) -> anyhow::Result<ExitCode> {
+    // The config is read before logging starts, because it names the log level; its errors go
+    // to stderr like every other error.
+    let config = engine_api::config::Config::load(config_path)?;
+    init_tracing(log_level, Some(&config.log.level));
+    dataplane::run(config_path, config)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `engine check -c <FILE>`: report whether a config would be accepted, without running.

@@ -106,17 +106,6 @@ fn run_missing_file_names_it() {
 }
 
 #[test]
-fn run_says_the_dataplane_is_not_built() {
-    let config = shipped_config();
-    let out = engine(&["-c", config.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(69));
-    assert_eq!(stdout(&out), "");
-    let message = stderr(&out);
-    assert_eq!(message.lines().count(), 1, "{message}");
-    assert!(message.contains("dataplane is not built yet"), "{message}");
-}
-
-#[test]
 fn usage_errors_exit_2() {
     for args in [
         &[][..],

@@ -163,6 +163,8 @@ pub struct Stats {
     pub packets_lost: u64,
     /// Frames sent again after a loss.
     pub frames_retransmitted: u64,
+    /// Stream bytes sent again after a loss.
+    pub bytes_retransmitted: u64,
     /// Frames rebuilt from FEC parity instead of being retransmitted.
     pub frames_recovered_fec: u64,
     /// Datagrams dropped because they failed authentication or replayed an old packet number.

@@ -6,4 +6,5 @@
 //! The config schema joins this crate in the dataplane issue, so that `engine` and `ctl` (and the
 //! config fuzz target) parse a config the same way.
 
+pub mod config;
 pub mod control;

@@ -6,9 +6,9 @@
 //! nothing downstream re-checks. Every error names the file, the line and the field
 //! ([`ConfigError`]).
 
+mod convert;
 mod error;
 mod raw;
-mod convert;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;

@@ -1,0 +1,183 @@
+//! The control plane: messages to shards (a channel plus an eventfd that wakes the shard's
+//! ring), and the Unix socket `ctl` talks to.
+//!
+//! Shards are never blocked by the control thread: it sends a message, writes the eventfd, and
+//! waits (bounded) for the answer; the shard answers between two rounds of its loop.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use crossbeam_channel::{Receiver, Sender};
+use engine_api::control::{Command, MAX_LINE_LEN, Request, Response, Stats, Status};
+
+use super::stats;
+
+/// How long the control thread waits for a shard's answer.
+const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A message from the control thread to a shard.
+#[derive(Debug)]
+pub(crate) enum ShardMsg {
+    Stats(Sender<ShardStats>),
+    Shutdown,
+}
+
+/// A shard's answer to [`ShardMsg::Stats`].
+pub(crate) type ShardStats = Stats;
+
+/// The control side's handle on one shard.
+#[derive(Debug, Clone)]
+pub(crate) struct ShardHandle {
+    tx: Sender<ShardMsg>,
+    wake: Arc<OwnedFd>,
+}
+
+impl ShardHandle {
+    /// A handle and the shard's ends: its receiver and its eventfd.
+    pub(crate) fn new() -> io::Result<(Self, Receiver<ShardMsg>, Arc<OwnedFd>)> {
+        // SAFETY: eventfd(2) returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Ok((
+            Self {
+                tx,
+                wake: wake.clone(),
+            },
+            rx,
+            wake,
+        ))
+    }
+
+    pub(crate) fn send(&self, msg: ShardMsg) {
+        if self.tx.send(msg).is_ok() {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+            unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    fn stats(&self) -> Option<Stats> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(ShardMsg::Stats(tx));
+        rx.recv_timeout(SHARD_REPLY_TIMEOUT).ok()
+    }
+}
+
+/// What the control thread serves.
+#[derive(Debug)]
+pub(crate) struct ControlContext {
+    pub(crate) config_path: PathBuf,
+    pub(crate) started: Instant,
+    pub(crate) shards: Vec<ShardHandle>,
+}
+
+/// Binds the control socket: creates its directory, replaces a stale socket left by a crashed
+/// engine, and refuses to steal the socket of a live one. Mode 0600.
+pub(crate) fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create the control socket's directory {}",
+                dir.display()
+            )
+        })?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "control socket {} is in use: another engine is running with it (stop it, or set control.socket)",
+                path.display()
+            );
+        }
+        fs::remove_file(path).with_context(|| {
+            format!("cannot remove the stale control socket {}", path.display())
+        })?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict the control socket {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves control connections until the process exits; each connection gets its own thread
+/// (they are few, and `ctl stats --watch` keeps one open).
+pub(crate) fn serve(listener: UnixListener, context: Arc<ControlContext>) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let context = context.clone();
+        let _ = thread::Builder::new()
+            .name("control-conn".into())
+            .spawn(move || {
+                if let Err(err) = serve_connection(stream, &context) {
+                    tracing::debug!(%err, "control connection ended");
+                }
+            });
+    }
+}
+
+fn serve_connection(stream: UnixStream, context: &ControlContext) -> io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream).take(MAX_LINE_LEN as u64 + 1);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        reader.set_limit(MAX_LINE_LEN as u64 + 1);
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let response = match Request::parse(&line) {
+            Ok(request) => answer(request.command, context),
+            Err(err) => Response::Error {
+                message: err.to_string(),
+            },
+        };
+        writer.write_all(&response.to_line())?;
+    }
+}
+
+fn answer(command: Command, context: &ControlContext) -> Response {
+    match command {
+        Command::Status => {
+            let stats = collect(context);
+            Response::Status(Status {
+                engine_version: env!("CARGO_PKG_VERSION").to_owned(),
+                config: context.config_path.display().to_string(),
+                uptime_secs: context.started.elapsed().as_secs(),
+                shards: context.shards.len() as u32,
+                sessions: stats.sessions,
+                streams: stats.streams,
+            })
+        }
+        Command::Stats => Response::Stats(collect(context)),
+        Command::Reload => Response::Error {
+            message: "reload is not supported by this engine version yet; restart the engine to apply a new config".into(),
+        },
+    }
+}
+
+fn collect(context: &ControlContext) -> Stats {
+    let mut total = Stats {
+        uptime_secs: context.started.elapsed().as_secs(),
+        ..Stats::default()
+    };
+    for shard in &context.shards {
+        if let Some(stats) = shard.stats() {
+            stats::add(&mut total, &stats);
+        }
+    }
+    total
+}

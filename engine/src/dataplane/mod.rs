@@ -1,0 +1,277 @@
+//! The dataplane: shard threads (one io_uring loop each), the control thread, and the process's
+//! lifecycle (start-up, readiness, signals, shutdown).
+
+mod conn;
+mod control;
+mod forward;
+mod peers;
+mod ring;
+mod shard;
+mod sockaddr;
+mod stats;
+mod tcp;
+mod udp;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use engine_api::config::{Config, Rate, Shards};
+use engine_proto::arq::{BbrConfig, RateControlConfig};
+use engine_proto::{EndpointConfig, SessionConfig};
+
+use self::control::{ControlContext, ShardHandle, ShardMsg};
+use self::shard::{Bound, Shard, ShardSetup};
+
+/// Runs the engine until SIGTERM or SIGINT.
+pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let signals = Signals::block()?;
+    let shard_count = effective_shards(config.shards);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let listener = control::bind(&config.control.socket)?;
+    let endpoint = endpoint_config(&config);
+
+    let mut handles = Vec::new();
+    let mut threads: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
+    let mut udp_addr = config.listen.unwrap_or_else(|| unspecified_for(&config));
+    let mut map_addrs: Vec<SocketAddr> = config.maps.iter().map(|m| m.listen).collect();
+    for index in 0..shard_count {
+        let (handle, rx, wake) = ShardHandle::new().context("cannot create an eventfd")?;
+        let setup = ShardSetup {
+            index,
+            core: cores.get(index % cores.len().max(1)).copied(),
+            config: config.clone(),
+            endpoint: EndpointConfig {
+                shard: index as u8,
+                ..endpoint.clone()
+            },
+            seed: random_seed()?,
+            udp_addr,
+            map_addrs: map_addrs.clone(),
+            control: rx,
+            wake,
+        };
+        let (bound_tx, bound_rx) = crossbeam_channel::bounded(1);
+        let thread = thread::Builder::new()
+            .name(format!("shard-{index}"))
+            .spawn(move || shard_main(setup, bound_tx))
+            .context("cannot start a shard thread")?;
+        let bound: Bound = match bound_rx.recv() {
+            Ok(Ok(bound)) => bound,
+            Ok(Err(err)) => return Err(err),
+            Err(_) => {
+                return Err(thread.join().map_or_else(
+                    |_| anyhow!("shard {index} panicked"),
+                    |r| r.err().unwrap_or_else(|| anyhow!("shard {index} exited")),
+                ));
+            }
+        };
+        // Later shards bind the ports the first one got (they matter when a port was 0).
+        udp_addr = bound.udp;
+        map_addrs = bound.maps.clone();
+        handles.push(handle);
+        threads.push(thread);
+        if index == 0 {
+            log_bound(&config, &bound);
+        }
+    }
+
+    let context = Arc::new(ControlContext {
+        config_path: config_path.to_owned(),
+        started: Instant::now(),
+        shards: handles.clone(),
+    });
+    thread::Builder::new()
+        .name("control".into())
+        .spawn(move || control::serve(listener, context))
+        .context("cannot start the control thread")?;
+    tracing::info!(
+        shards = shard_count,
+        control = %config.control.socket.display(),
+        "engine ready"
+    );
+
+    // Wait for a signal, or for a shard to fail.
+    let failure = loop {
+        if let Some(signal) = signals.wait(Duration::from_millis(200)) {
+            match signal {
+                libc::SIGHUP => tracing::warn!(
+                    "SIGHUP: reloading the config is not supported by this version; restart the engine to apply changes"
+                ),
+                _ => {
+                    tracing::info!(signal, "stopping");
+                    break None;
+                }
+            }
+        }
+        if let Some(i) = threads.iter().position(|t| t.is_finished()) {
+            let result = threads.remove(i).join();
+            break Some(match result {
+                Ok(Ok(())) => anyhow!("a shard stopped unexpectedly"),
+                Ok(Err(err)) => err,
+                Err(_) => anyhow!("a shard panicked"),
+            });
+        }
+    };
+    for handle in &handles {
+        handle.send(ShardMsg::Shutdown);
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    let _ = std::fs::remove_file(&config.control.socket);
+    match failure {
+        None => Ok(()),
+        Some(err) => Err(err),
+    }
+}
+
+fn shard_main(
+    setup: ShardSetup,
+    bound_tx: crossbeam_channel::Sender<anyhow::Result<Bound>>,
+) -> anyhow::Result<()> {
+    let index = setup.index;
+    if let Some(core) = setup.core
+        && !core_affinity::set_for_current(core)
+    {
+        tracing::warn!(
+            shard = index,
+            core = core.id,
+            "cannot pin the shard to its core"
+        );
+    }
+    match Shard::new(setup) {
+        Ok((shard, bound)) => {
+            let _ = bound_tx.send(Ok(bound));
+            shard.run().with_context(|| format!("shard {index} failed"))
+        }
+        Err(err) => {
+            let _ = bound_tx.send(Err(
+                anyhow::Error::new(err).context(format!("shard {index} cannot start"))
+            ));
+            Ok(())
+        }
+    }
+}
+
+/// Shards this version runs. Session ids already carry their shard, but steering packets to
+/// the owning shard (and per-shard dialling) arrives with the thread-per-core work, so for now
+/// one shard serves everything whatever the config asks.
+fn effective_shards(requested: Shards) -> usize {
+    if let Shards::Count(n) = requested
+        && n.get() > 1
+    {
+        tracing::info!(requested = n.get(), "this version runs one dataplane shard");
+    }
+    1
+}
+
+fn log_bound(config: &Config, bound: &Bound) {
+    if config.listen.is_some() {
+        tracing::info!(addr = %bound.udp, "accepting sessions on UDP");
+    }
+    for (map, addr) in config.maps.iter().zip(&bound.maps) {
+        let peer = config.peers.get(map.peer).map_or("?", |p| p.name.as_str());
+        tracing::info!(map = %map.id, %addr, peer, "listening for TCP connections");
+    }
+    for allow in &config.allow {
+        tracing::info!(map = %allow.id, target = %allow.target, "allowing streams to target");
+    }
+}
+
+/// A node that only dials out binds an ephemeral port on the family of its first peer.
+fn unspecified_for(config: &Config) -> SocketAddr {
+    let v6 = config
+        .peers
+        .iter()
+        .filter_map(|p| p.addr)
+        .next()
+        .is_some_and(|a| a.is_ipv6());
+    let ip = if v6 {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
+    SocketAddr::new(ip, 0)
+}
+
+/// The protocol core's settings from the config.
+fn endpoint_config(config: &Config) -> EndpointConfig {
+    let t = &config.transport;
+    let mut session = SessionConfig::for_profile(t.profile);
+    session.mtu = t.mtu;
+    session.rate = match t.rate {
+        Rate::Auto { max_bytes_per_sec } => RateControlConfig::Bbr(BbrConfig {
+            mtu: t.mtu as u64,
+            initial_cwnd_bytes: 32 * t.mtu as u64,
+            min_cwnd_bytes: 4 * t.mtu as u64,
+            max_rate: max_bytes_per_sec,
+        }),
+        Rate::Fixed { bytes_per_sec } => RateControlConfig::Fixed { bytes_per_sec },
+    };
+    if let Some(min) = t.min_rtt {
+        session.rtt.min_rtt = min;
+    }
+    if let Some(max) = t.max_rtt {
+        session.rtt.max_rtt = max;
+    }
+    EndpointConfig {
+        psk: config.key.clone(),
+        session,
+        accept: config.listen.is_some(),
+        shard: 0,
+        max_sessions: 4096,
+    }
+}
+
+fn random_seed() -> anyhow::Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| anyhow!("the operating system's random number generator failed"))?;
+    Ok(seed)
+}
+
+/// SIGTERM, SIGINT and SIGHUP, blocked in every thread and taken synchronously by the main
+/// thread, so no handler runs at an arbitrary point of a shard's loop.
+struct Signals {
+    set: libc::sigset_t,
+}
+
+impl Signals {
+    /// Blocks the signals; call before starting any thread (threads inherit the mask).
+    fn block() -> anyhow::Result<Self> {
+        // SAFETY: sigset manipulation on a local set, then pthread_sigmask on this thread.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                libc::sigaddset(&mut set, signal);
+            }
+            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            if rc != 0 {
+                return Err(anyhow!(
+                    "cannot block signals: {}",
+                    std::io::Error::from_raw_os_error(rc)
+                ));
+            }
+            Ok(Self { set })
+        }
+    }
+
+    /// The next pending signal, waiting at most `timeout`.
+    fn wait(&self, timeout: Duration) -> Option<i32> {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: valid set and timespec; a null siginfo pointer is allowed.
+        let signal = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
+        (signal > 0).then_some(signal)
+    }
+}

@@ -1,0 +1,296 @@
+//! Sessions with named peers: dialling the peers that have an address (and dialling again, with
+//! bounded backoff, when a session ends), recognising accepted peers by the name they give in
+//! the handshake, and the connections that wait for a peer's session to come up.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use engine_api::config::Config;
+use engine_proto::wire::SessionId;
+use engine_proto::{CloseReason, Endpoint, SessionEvent};
+
+use super::shard::Shard;
+
+/// First wait before dialling again after a failed handshake; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub(crate) struct Peers {
+    peers: Vec<PeerState>,
+    /// Which peer a session (established or being dialled) belongs to.
+    by_session: HashMap<SessionId, usize>,
+    dialling: bool,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    name: String,
+    addr: Option<SocketAddr>,
+    /// The established session carrying this peer's streams.
+    session: Option<SessionId>,
+    /// The handshake in progress, when dialling.
+    dial: Option<SessionId>,
+    next_dial: Option<Instant>,
+    backoff: Duration,
+    /// Connections waiting for `session`, with their deadlines kept in the connections.
+    waiting: Vec<usize>,
+    wait_deadline: Option<Instant>,
+}
+
+impl Peers {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            peers: config
+                .peers
+                .iter()
+                .map(|p| PeerState {
+                    name: p.name.clone(),
+                    addr: p.addr,
+                    session: None,
+                    dial: None,
+                    next_dial: None,
+                    backoff: MIN_BACKOFF,
+                    waiting: Vec::new(),
+                    wait_deadline: None,
+                })
+                .collect(),
+            by_session: HashMap::new(),
+            dialling: true,
+        }
+    }
+
+    pub(crate) fn session(&self, peer: usize) -> Option<SessionId> {
+        self.peers.get(peer)?.session
+    }
+
+    pub(crate) fn name(&self, peer: usize) -> &str {
+        self.peers.get(peer).map_or("?", |p| p.name.as_str())
+    }
+
+    pub(crate) fn wait(&mut self, peer: usize, conn: usize, deadline: Instant) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.waiting.push(conn);
+            p.wait_deadline = Some(p.wait_deadline.map_or(deadline, |d| d.min(deadline)));
+        }
+    }
+
+    pub(crate) fn unwait(&mut self, peer: usize, conn: usize) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.waiting.retain(|&c| c != conn);
+        }
+    }
+
+    pub(crate) fn stop_dialling(&mut self) {
+        self.dialling = false;
+        for p in &mut self.peers {
+            p.next_dial = None;
+        }
+    }
+
+    /// The peer's name (or the remote address for a session no peer entry names), for logs.
+    pub(crate) fn describe(&self, session: SessionId, endpoint: &Endpoint) -> PeerLabel {
+        match self.by_session.get(&session) {
+            Some(&p) => PeerLabel::Named(self.name(p).to_owned()),
+            None => PeerLabel::Anonymous(endpoint.session(session).map(|s| s.remote())),
+        }
+    }
+
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.peers
+            .iter()
+            .flat_map(|p| [p.next_dial, p.wait_deadline])
+            .flatten()
+            .min()
+    }
+}
+
+/// Who is at the other end of a session, for logs.
+#[derive(Debug)]
+pub(crate) enum PeerLabel {
+    Named(String),
+    Anonymous(Option<SocketAddr>),
+}
+
+impl fmt::Display for PeerLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Named(name) => f.write_str(name),
+            Self::Anonymous(Some(addr)) => write!(f, "unnamed peer at {addr}"),
+            Self::Anonymous(None) => f.write_str("unnamed peer"),
+        }
+    }
+}
+
+impl Shard {
+    pub(crate) fn peers_start(&mut self, now: Instant) {
+        for p in 0..self.peers.peers.len() {
+            if self.peers.peers[p].addr.is_some() {
+                self.dial(now, p);
+            }
+        }
+    }
+
+    fn dial(&mut self, now: Instant, p: usize) {
+        let Some(addr) = self.peers.peers[p].addr else {
+            return;
+        };
+        let id = self.endpoint.connect(now, addr);
+        tracing::info!(shard = self.index, peer = %self.peers.peers[p].name, %addr, "dialling peer");
+        self.peers.peers[p].dial = Some(id);
+        self.peers.peers[p].next_dial = None;
+        self.peers.by_session.insert(id, p);
+    }
+
+    pub(crate) fn peers_deadline(&self) -> Option<Instant> {
+        self.peers.deadline()
+    }
+
+    /// Dials that are due, and connections that waited too long for a session.
+    pub(crate) fn peers_timers(&mut self, now: Instant) {
+        for p in 0..self.peers.peers.len() {
+            if self.peers.peers[p].next_dial.is_some_and(|t| t <= now) && self.peers.dialling {
+                self.dial(now, p);
+            }
+            if self.peers.peers[p].wait_deadline.is_some_and(|t| t <= now) {
+                self.expire_waiting(now, p);
+            }
+        }
+    }
+
+    fn expire_waiting(&mut self, now: Instant, p: usize) {
+        let waiting = std::mem::take(&mut self.peers.peers[p].waiting);
+        let mut next = None;
+        for index in waiting {
+            let deadline = match self.conns.by_index(index).map(|c| c.state) {
+                Some(super::conn::ConnState::WaitingSession { deadline, .. }) => deadline,
+                _ => continue,
+            };
+            if deadline <= now {
+                self.counters.session_waits_expired += 1;
+                tracing::warn!(shard = self.index, peer = %self.peers.peers[p].name, "no session with the peer came up in time; closing the connection");
+                self.abort(index, None);
+            } else {
+                next = Some(next.map_or(deadline, |n: Instant| n.min(deadline)));
+                self.peers.peers[p].waiting.push(index);
+            }
+        }
+        self.peers.peers[p].wait_deadline = next;
+    }
+
+    pub(crate) fn on_session_connected(&mut self, session_id: SessionId) {
+        let Some(session) = self.endpoint.session(session_id) else {
+            return;
+        };
+        let remote = session.remote();
+        let peer = match self.peers.by_session.get(&session_id) {
+            Some(&p) => {
+                let state = &mut self.peers.peers[p];
+                state.dial = None;
+                state.backoff = MIN_BACKOFF;
+                Some(p)
+            }
+            None => {
+                let name = peer_name(session).map(str::to_owned);
+                let found = name.as_deref().and_then(|name| {
+                    self.peers
+                        .peers
+                        .iter()
+                        .position(|p| p.name == name && p.addr.is_none())
+                });
+                match found {
+                    Some(p) => {
+                        self.peers.by_session.insert(session_id, p);
+                        Some(p)
+                    }
+                    None => {
+                        tracing::info!(shard = self.index, %remote, name = name.as_deref().unwrap_or("-"), "session accepted from a peer no `peers` entry names");
+                        None
+                    }
+                }
+            }
+        };
+        let Some(p) = peer else { return };
+        let old = self.peers.peers[p].session.replace(session_id);
+        tracing::info!(shard = self.index, peer = %self.peers.peers[p].name, %remote, "session with peer up");
+        if let Some(old) = old.filter(|&old| old != session_id) {
+            // The peer reconnected (it restarted, or its address changed): the new session wins.
+            self.peers.by_session.remove(&old);
+            if let Some(session) = self.endpoint.session_mut(old) {
+                session.close(std::time::Instant::now(), 0, b"replaced by a new session");
+            }
+        }
+        let waiting = std::mem::take(&mut self.peers.peers[p].waiting);
+        self.peers.peers[p].wait_deadline = None;
+        for index in waiting {
+            self.attach_stream(index, session_id);
+        }
+    }
+
+    pub(crate) fn on_session_closed(
+        &mut self,
+        now: Instant,
+        session_id: SessionId,
+        reason: &CloseReason,
+    ) {
+        self.counters.sessions_closed += 1;
+        self.abort_session_conns(session_id);
+        let Some(p) = self.peers.by_session.remove(&session_id) else {
+            tracing::info!(shard = self.index, ?reason, "session closed");
+            return;
+        };
+        let state = &mut self.peers.peers[p];
+        let was_up = state.session == Some(session_id);
+        if was_up {
+            state.session = None;
+        }
+        if state.dial == Some(session_id) {
+            state.dial = None;
+        }
+        tracing::info!(shard = self.index, peer = %state.name, ?reason, "session with peer closed");
+        if state.addr.is_none()
+            || !self.peers.dialling
+            || state.dial.is_some()
+            || state.session.is_some()
+        {
+            return;
+        }
+        // Dial again: at once after a session that was up (the peer restarted or the path came
+        // back), with doubling backoff after failed handshakes.
+        let delay = if was_up {
+            Duration::ZERO
+        } else {
+            let delay = state.backoff;
+            state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
+            delay
+        };
+        state.next_dial = Some(now + delay);
+    }
+
+    pub(crate) fn handle_endpoint_events(&mut self, now: Instant) {
+        while let Some(event) = self.endpoint.poll_event() {
+            match event.kind {
+                SessionEvent::Connected => self.on_session_connected(event.session),
+                SessionEvent::Stream(stream_event) => {
+                    self.on_stream_event(event.session, stream_event)
+                }
+                SessionEvent::DatagramReceived => {
+                    // UDP maps are not served yet: drop the payloads, counted.
+                    if let Some(session) = self.endpoint.session_mut(event.session) {
+                        while session.recv_datagram().is_some() {
+                            self.counters.datagrams_dropped += 1;
+                        }
+                    }
+                }
+                SessionEvent::Closed(reason) => self.on_session_closed(now, event.session, &reason),
+            }
+        }
+    }
+}
+
+/// TEMPORARY until the handshake carries names (proto branch).
+fn peer_name(_session: &engine_proto::Session) -> Option<&str> {
+    None
+}
