@@ -150,15 +150,4 @@ impl Conns {
         self.live -= 1;
         Some(conn)
     }
-
-    pub(crate) fn len(&self) -> usize {
-        self.live
-    }
-
-    pub(crate) fn indices(&self) -> impl Iterator<Item = usize> + '_ {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, slot)| slot.as_ref().map(|_| i))
-    }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use engine_api::config::{Config, MapId};
+use engine_api::config::Config;
 use engine_proto::wire::{SessionId, StreamId};
 use engine_proto::{Endpoint, EndpointConfig};
 use io_uring::types::{Fd, SubmitArgs, Timespec};
@@ -222,7 +222,10 @@ impl Shard {
         ]
         .into_iter()
         .flatten()
-        .min();
+        .min()
+        // With every send slot busy the endpoint's pacing deadline cannot be acted on before a
+        // send completes: wait for that completion instead of spinning.
+        .map(|d| if self.free_slots.is_empty() { d.max(now + Duration::from_millis(1)) } else { d });
         let result = match deadline {
             Some(deadline) => {
                 let wait = deadline.saturating_duration_since(now);
@@ -471,10 +474,6 @@ impl Shard {
 
     pub(crate) fn stats(&self) -> ShardStats {
         super::stats::snapshot(self)
-    }
-
-    pub(crate) fn map_id(&self, map: usize) -> MapId {
-        self.config.maps.get(map).map_or(MapId(0), |m| m.id)
     }
 }
 
