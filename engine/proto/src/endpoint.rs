@@ -7,8 +7,18 @@
 //! message 2 and its own session id. Both then hold the split keys; the dialler's first data
 //! packet proves to the acceptor that the handshake completed. Message 1 is re-sent until
 //! answered; a repeated message 1 gets the same answer again rather than a second session.
+//! Both payloads are [`HandshakeParams`]: the sender's session id and, optionally, its node name.
+//!
+//! A data packet for a session id the endpoint does not know (it restarted, or dropped the
+//! session) is answered with a [`StatelessReset`] so the peer learns at once instead of after
+//! its idle timeout. The reset carries the unknown id and a token only holders of the PSK can
+//! compute ([`ResetKey`]); the peer closes the session whose remote id and address match with
+//! [`CloseReason::PeerReset`], sending nothing. Resets are rate limited, always shorter than
+//! the packet they answer, never sent for packets shorter than
+//! [`StatelessReset::MIN_TRIGGER_LEN`], and never sent in answer to a reset or a handshake
+//! packet, so they can neither amplify traffic nor loop.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -16,9 +26,11 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::config::SessionConfig;
-use crate::crypto::{Initiator, Psk, SessionKeys, respond};
+use crate::crypto::{Initiator, Psk, ResetKey, SessionKeys, respond};
 use crate::session::{CloseReason, Session, SessionEvent, SessionParams, Transmit};
-use crate::wire::{Header, PacketType, SessionId, Side, Writer};
+use crate::wire::{
+    HandshakeParams, Header, MAX_NODE_NAME_LEN, PacketType, SessionId, Side, StatelessReset, Writer,
+};
 
 /// Settings shared by every session of an endpoint.
 #[derive(Debug, Clone)]
@@ -30,6 +42,13 @@ pub struct EndpointConfig {
     /// The shard that owns every session id this endpoint hands out.
     pub shard: u8,
     pub max_sessions: usize,
+    /// This node's name, sent to the peer in both handshake messages (see
+    /// [`Session::peer_name`]). At most [`MAX_NODE_NAME_LEN`] bytes of UTF-8: a longer name is
+    /// cut at the last character boundary that fits when the endpoint is created.
+    pub name: Option<String>,
+    /// At most this many stateless resets are sent per second (0: never send any). They only
+    /// go to peers that still send on a forgotten session, which normally stop at the first.
+    pub resets_per_sec: u32,
 }
 
 impl EndpointConfig {
@@ -40,6 +59,8 @@ impl EndpointConfig {
             accept: true,
             shard: 0,
             max_sessions: 4096,
+            name: None,
+            resets_per_sec: 32,
         }
     }
 }
@@ -65,19 +86,44 @@ pub struct EndpointStats {
     pub handshake_failures: u64,
     pub handshake_retries: u64,
     pub refused_sessions: u64,
+    /// Stateless resets sent in answer to data packets for unknown sessions.
+    pub resets_sent: u64,
+    /// Resets not sent because of [`EndpointConfig::resets_per_sec`].
+    pub resets_rate_limited: u64,
+    /// Valid resets received: each closed a session with [`CloseReason::PeerReset`].
+    pub resets_received: u64,
+    /// Resets that matched no session (unknown id, wrong sender address) or had a wrong token.
+    pub resets_invalid: u64,
 }
 
-/// The payload carried inside each Noise message: the sender's session id.
-const PARAMS_LEN: usize = 4;
-
-fn encode_params(id: SessionId) -> Vec<u8> {
-    id.0.to_be_bytes().to_vec()
+/// The payload carried inside our Noise messages.
+fn encode_params(id: SessionId, name: Option<&str>) -> Vec<u8> {
+    let params = HandshakeParams {
+        session_id: id,
+        name,
+    };
+    let mut out = Vec::with_capacity(params.encoded_len());
+    // Cannot fail: ids are never NONE and the name was cut to size in `Endpoint::new`.
+    let _ = params.encode(&mut out);
+    out
 }
 
-fn decode_params(payload: &[u8]) -> Option<SessionId> {
-    let bytes: [u8; PARAMS_LEN] = payload.get(..PARAMS_LEN)?.try_into().ok()?;
-    let id = SessionId(u32::from_be_bytes(bytes));
-    (id != SessionId::NONE).then_some(id)
+/// The peer's session id and name, or None if its parameters are unusable.
+fn decode_params(payload: &[u8]) -> Option<(SessionId, Option<String>)> {
+    let p = HandshakeParams::decode(payload).ok()?;
+    Some((p.session_id, p.name.map(str::to_owned)))
+}
+
+/// `name` cut to at most [`MAX_NODE_NAME_LEN`] bytes at a character boundary.
+fn truncate_name(mut name: String) -> String {
+    if name.len() > MAX_NODE_NAME_LEN {
+        let mut end = MAX_NODE_NAME_LEN;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
 }
 
 /// A handshake packet: the header, then the Noise message.
@@ -116,6 +162,11 @@ pub struct Endpoint {
     sessions: BTreeMap<SessionId, Session>,
     dials: BTreeMap<SessionId, Dial>,
     answered: BTreeMap<[u8; 32], Answered>,
+    /// (remote id, local id) of every session: finds the session a reset names.
+    by_remote: BTreeSet<(SessionId, SessionId)>,
+    reset_key: ResetKey,
+    /// Start of the current one-second reset window and the resets sent in it.
+    reset_window: Option<(Instant, u32)>,
     outgoing: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<Event>,
     /// Round-robin position for output fairness between sessions.
@@ -126,13 +177,17 @@ pub struct Endpoint {
 impl Endpoint {
     /// `seed` drives every random choice (ephemeral keys, session ids); the dataplane passes
     /// OS randomness, tests a fixed value.
-    pub fn new(config: EndpointConfig, seed: [u8; 32]) -> Self {
+    pub fn new(mut config: EndpointConfig, seed: [u8; 32]) -> Self {
+        config.name = config.name.map(truncate_name);
         Self {
+            reset_key: ResetKey::new(&config.psk),
             config,
             rng: ChaCha20Rng::from_seed(seed),
             sessions: BTreeMap::new(),
             dials: BTreeMap::new(),
             answered: BTreeMap::new(),
+            by_remote: BTreeSet::new(),
+            reset_window: None,
             outgoing: VecDeque::new(),
             events: VecDeque::new(),
             cursor: None,
@@ -201,7 +256,8 @@ impl Endpoint {
     fn start_dial(&mut self, id: SessionId, dial: &mut Dial) {
         let seed = self.seed();
         let mut msg = Vec::with_capacity(128);
-        match Initiator::start(&self.config.psk, seed, &encode_params(id), &mut msg) {
+        let params = encode_params(id, self.config.name.as_deref());
+        match Initiator::start(&self.config.psk, seed, &params, &mut msg) {
             Ok(initiator) => {
                 dial.packet = handshake_packet(PacketType::HandshakeInit, SessionId::NONE, &msg);
                 dial.initiator = Some(initiator);
@@ -220,8 +276,12 @@ impl Endpoint {
         match header.ty {
             PacketType::Data => match self.sessions.get_mut(&header.session_id) {
                 Some(session) => session.handle_packet(now, from, &header, datagram),
-                None => self.stats.unknown_session += 1,
+                None => {
+                    self.stats.unknown_session += 1;
+                    self.send_reset(now, from, header.session_id, datagram.len());
+                }
             },
+            PacketType::StatelessReset => self.handle_reset(from, datagram),
             PacketType::HandshakeInit => {
                 self.handle_init(now, from, &datagram[header_len..]);
             }
@@ -256,16 +316,17 @@ impl Endpoint {
         let local = self.allocate_id();
         let seed = self.seed();
         let mut msg2 = Vec::with_capacity(128);
-        let mut remote_id = None;
+        let mut remote = None;
+        let params = encode_params(local, self.config.name.as_deref());
         let result = respond(&self.config.psk, seed, msg1, &mut msg2, |payload| {
-            remote_id = decode_params(payload);
-            encode_params(local)
+            remote = decode_params(payload);
+            params
         });
-        let (Ok((_, keys)), Some(remote_id)) = (result, remote_id) else {
+        let (Ok((_, keys)), Some((remote_id, peer_name))) = (result, remote) else {
             self.stats.handshake_failures += 1;
             return;
         };
-        self.add_session(now, Side::Server, local, remote_id, from, keys);
+        self.add_session(now, Side::Server, local, remote_id, from, keys, peer_name);
         self.stats.handshakes_accepted += 1;
         let packet = handshake_packet(PacketType::HandshakeResponse, remote_id, &msg2);
         self.outgoing.push_back((from, packet.clone()));
@@ -294,7 +355,7 @@ impl Endpoint {
             self.stats.handshake_failures += 1;
             return;
         };
-        let Some(remote_id) = decode_params(&payload) else {
+        let Some((remote_id, peer_name)) = decode_params(&payload) else {
             self.stats.handshake_failures += 1;
             self.dials.remove(&id);
             self.events.push_back(Event {
@@ -304,10 +365,11 @@ impl Endpoint {
             return;
         };
         self.dials.remove(&id);
-        self.add_session(now, Side::Client, id, remote_id, from, keys);
+        self.add_session(now, Side::Client, id, remote_id, from, keys, peer_name);
         self.stats.handshakes_completed += 1;
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn add_session(
         &mut self,
         now: Instant,
@@ -316,6 +378,7 @@ impl Endpoint {
         remote_id: SessionId,
         remote: SocketAddr,
         keys: SessionKeys,
+        peer_name: Option<String>,
     ) {
         let (tx, rx) = keys.into_keys(now, self.config.session.rekey);
         let params = SessionParams {
@@ -326,8 +389,83 @@ impl Endpoint {
             remote,
             tx,
             rx,
+            peer_name,
         };
         self.sessions.insert(local_id, Session::new(now, params));
+        self.by_remote.insert((remote_id, local_id));
+    }
+
+    /// Answers a data packet for `unknown` (a session we do not have) with a stateless reset,
+    /// if the packet is long enough and the rate limit allows.
+    fn send_reset(&mut self, now: Instant, to: SocketAddr, unknown: SessionId, trigger_len: usize) {
+        // Shorter packets get no answer: the reset must be smaller than what it answers, and
+        // nothing a genuine session sends is that short.
+        if trigger_len < StatelessReset::MIN_TRIGGER_LEN || unknown == SessionId::NONE {
+            return;
+        }
+        let window_open = self
+            .reset_window
+            .is_some_and(|(start, _)| now < start + Duration::from_secs(1));
+        if !window_open {
+            self.reset_window = Some((now, 0));
+        }
+        let Some((_, sent)) = self.reset_window.as_mut() else {
+            return;
+        };
+        if *sent >= self.config.resets_per_sec {
+            self.stats.resets_rate_limited += 1;
+            return;
+        }
+        *sent += 1;
+        let reset = StatelessReset {
+            session_id: unknown,
+            token: self.reset_key.token(unknown),
+        };
+        let mut packet = vec![0u8; StatelessReset::LEN];
+        // A reset always fits its own length.
+        let _ = reset.emit(&mut Writer::new(&mut packet));
+        self.outgoing.push_back((to, packet));
+        self.stats.resets_sent += 1;
+    }
+
+    /// A peer says it does not know one of our sessions. Only a session whose remote id and
+    /// address match, and only with a valid token, is closed; anything else changes nothing.
+    fn handle_reset(&mut self, from: SocketAddr, packet: &[u8]) {
+        let Ok(reset) = StatelessReset::parse(packet) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let id = reset.session_id;
+        let target = self
+            .by_remote
+            .range((id, SessionId(0))..=(id, SessionId(u32::MAX)))
+            .map(|&(_, local)| local)
+            .find(|local| {
+                self.sessions
+                    .get(local)
+                    .is_some_and(|s| s.remote() == from && !s.is_closed())
+            });
+        let Some(local) = target else {
+            self.stats.resets_invalid += 1;
+            return;
+        };
+        // Checked only once a session matched, so garbage costs a lookup, not a MAC.
+        if !self.reset_key.verify(id, &reset.token) {
+            self.stats.resets_invalid += 1;
+            return;
+        }
+        self.stats.resets_received += 1;
+        let Some(mut session) = self.sessions.remove(&local) else {
+            return;
+        };
+        self.by_remote.remove(&(id, local));
+        session.on_peer_reset();
+        while let Some(kind) = session.poll_event() {
+            self.events.push_back(Event {
+                session: local,
+                kind,
+            });
+        }
     }
 
     /// Handles every timer that is due.
@@ -364,7 +502,14 @@ impl Endpoint {
             }
         }
         self.collect_events();
-        self.sessions.retain(|_, s| !s.is_closed());
+        let by_remote = &mut self.by_remote;
+        self.sessions.retain(|&local, s| {
+            let keep = !s.is_closed();
+            if !keep {
+                by_remote.remove(&(s.remote_id(), local));
+            }
+            keep
+        });
     }
 
     fn collect_events(&mut self) {

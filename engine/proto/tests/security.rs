@@ -31,6 +31,9 @@ fn state_of(net: &Net) -> (SessionStats, engine_proto::EndpointStats) {
     e.unknown_session = 0;
     e.malformed = 0;
     e.handshake_failures = 0;
+    // A damaged session id names an unknown session, which is answered with a stateless reset.
+    e.resets_sent = 0;
+    e.resets_rate_limited = 0;
     (s2, e)
 }
 

@@ -9,6 +9,8 @@
 //!   ephemerals give forward secrecy. It yields [`SessionKeys`], one secret per direction.
 //! * [`TxKeys`] / [`RxKeys`] turn those secrets into AES-256-GCM [`PacketKey`]s and rotate them
 //!   (QUIC-style key updates signalled by a key-phase bit) without a round trip.
+//! * [`ResetKey`] makes and checks stateless reset tokens (a MAC under a key derived from the
+//!   PSK), so only PSK holders can tell a peer that its session is gone.
 //! * [`ReplayWindow`] rejects duplicated and too-old packet numbers. The session calls
 //!   [`ReplayWindow::check`] before decrypting and [`ReplayWindow::accept`] only after the AEAD
 //!   has authenticated the packet, so forged packets cannot move any state.
@@ -20,6 +22,7 @@ pub mod handshake;
 pub mod keys;
 pub mod psk;
 pub mod replay;
+pub mod reset;
 
 pub use self::aead::{PacketKey, TAG_LEN};
 pub use self::handshake::{
@@ -28,6 +31,7 @@ pub use self::handshake::{
 pub use self::keys::{RekeyLimits, RxKeys, TxKeys};
 pub use self::psk::Psk;
 pub use self::replay::{REPLAY_WINDOW, ReplayWindow};
+pub use self::reset::ResetKey;
 
 /// Errors from per-packet cryptography.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

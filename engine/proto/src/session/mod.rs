@@ -68,6 +68,12 @@ pub enum CloseReason {
     HandshakeFailed,
     /// The peer violated the protocol.
     Protocol { code: u64 },
+    /// The peer answered with a valid stateless reset: it no longer knows the session (it
+    /// restarted, or dropped the session). Nothing is sent; dial again.
+    PeerReset,
+    /// Ack-eliciting packets went unanswered for [`SessionConfig::path_timeout`]: the path (or
+    /// the peer) is gone. Nothing is sent; dial again.
+    PathDead,
 }
 
 /// Something the application should know about.
@@ -129,6 +135,10 @@ pub struct Session {
     created: Instant,
     last_received: Instant,
     last_sent: Instant,
+    /// When the first ack-eliciting packet since the last authenticated arrival was sent: the
+    /// path-dead timer runs from there.
+    unanswered_since: Option<Instant>,
+    peer_name: Option<String>,
     stats: SessionStats,
     scratch_frames: Vec<SentFrame>,
     scratch_pns: Vec<u64>,
@@ -144,6 +154,7 @@ pub(crate) struct SessionParams {
     pub remote: SocketAddr,
     pub tx: TxKeys,
     pub rx: RxKeys,
+    pub peer_name: Option<String>,
 }
 
 impl Session {
@@ -182,6 +193,8 @@ impl Session {
             created: now,
             last_received: now,
             last_sent: now,
+            unanswered_since: None,
+            peer_name: p.peer_name,
             stats: SessionStats::default(),
             scratch_frames: Vec::new(),
             scratch_pns: Vec::new(),
@@ -211,6 +224,12 @@ impl Session {
 
     pub fn config(&self) -> &SessionConfig {
         &self.config
+    }
+
+    /// The node name the peer sent in the handshake, if any (valid UTF-8, at most
+    /// [`crate::wire::MAX_NODE_NAME_LEN`] bytes; the handshake fails otherwise).
+    pub fn peer_name(&self) -> Option<&str> {
+        self.peer_name.as_deref()
     }
 
     pub fn stats(&self) -> SessionStats {
@@ -353,6 +372,7 @@ impl Session {
         self.stats.packets_received += 1;
         self.stats.bytes_received += packet_len(header_len, plain.len());
         self.last_received = now;
+        self.unanswered_since = None;
         if from != self.remote && self.acks.largest().is_none_or(|l| pn > l) {
             // The peer's NAT rebound (or it moved); it proved itself by authenticating, and
             // only the newest packet counts, so a delayed or re-sent old one cannot redirect us.
@@ -553,6 +573,24 @@ impl Session {
         self.last_received + self.config.idle_timeout
     }
 
+    /// When the path counts as dead, if ack-eliciting packets are waiting for an answer. Never
+    /// sooner than three probe timeouts, so a long (or inflated) RTT is not taken for an outage.
+    fn path_deadline(&self) -> Option<Instant> {
+        let since = self.unanswered_since?;
+        Some(since + self.config.path_timeout.max(3 * self.rtt.pto_base()))
+    }
+
+    /// The peer sent a valid stateless reset: it has forgotten the session, so there is no one
+    /// to tell. Ends the session at once, sending nothing.
+    pub(crate) fn on_peer_reset(&mut self) {
+        let announce = self.state == State::Established;
+        self.state = State::Closed;
+        if announce {
+            self.events
+                .push_back(SessionEvent::Closed(CloseReason::PeerReset));
+        }
+    }
+
     /// Handles every timer that is due.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
@@ -576,6 +614,14 @@ impl Session {
             return;
         }
         if self.state != State::Established {
+            return;
+        }
+        if self.path_deadline().is_some_and(|t| now >= t) {
+            // Closed without a CLOSE frame: nothing gets through anyway, and the peer (if it
+            // still hears us) learns from a stateless reset once our session is gone.
+            self.state = State::Closed;
+            self.events
+                .push_back(SessionEvent::Closed(CloseReason::PathDead));
             return;
         }
         if self.loss_time.is_some_and(|t| t <= now) {
@@ -627,6 +673,7 @@ impl Session {
         min(self.acks.deadline());
         min(self.loss_time);
         min(self.pto_deadline());
+        min(self.path_deadline());
         if !self.ping_pending {
             min(Some(self.last_sent + self.config.keepalive));
         }
@@ -801,6 +848,9 @@ impl Session {
         let snapshot = eliciting.then(|| {
             self.pacer.on_sent(now, size as u64);
             self.last_eliciting_sent = Some(now);
+            // A CLOSE is ack-eliciting too, but the session is over then: only Established
+            // sessions look at this.
+            self.unanswered_since.get_or_insert(now);
             self.cc
                 .on_packet_sent(now, size as u64, self.sent.bytes_in_flight)
         });

@@ -6,9 +6,16 @@
 //! 5..9:     data packets only: the low 32 bits of the packet number (big endian)
 //! ```
 //!
+//! Packet types (the low nibble of byte 0): 1 handshake init, 2 handshake response, 3 data,
+//! 4 stateless reset; 0 and 5..=15 are unassigned and rejected.
+//!
 //! The whole header is the AEAD's associated data, so none of it can be altered in flight. The
 //! packet number is truncated on the wire and rebuilt from the largest one received
 //! ([`decode_packet_number`]); the full 64-bit number is the AEAD nonce.
+//!
+//! A stateless reset ([`StatelessReset`]) is not sealed: it is the 5-byte header (type 4, key
+//! phase 0, the session id the triggering data packet was addressed to) followed by a 16-byte
+//! token, 21 bytes in all. Receivers ignore anything after the token.
 
 use super::{Reader, SessionId, VERSION, WireError, Writer};
 
@@ -21,6 +28,9 @@ pub enum PacketType {
     HandshakeResponse = 2,
     /// An AEAD-sealed sequence of frames.
     Data = 3,
+    /// "I do not know this session": the answer to a data packet for an unknown session id,
+    /// authenticated by a token only holders of the pre-shared key can compute.
+    StatelessReset = 4,
 }
 
 impl PacketType {
@@ -29,6 +39,7 @@ impl PacketType {
             1 => Self::HandshakeInit,
             2 => Self::HandshakeResponse,
             3 => Self::Data,
+            4 => Self::StatelessReset,
             other => return Err(WireError::PacketType(other)),
         })
     }
@@ -117,6 +128,47 @@ impl Header {
     }
 }
 
+/// Length of a stateless reset's token.
+pub const RESET_TOKEN_LEN: usize = 16;
+
+/// A stateless reset packet: the session id the peer used (which we do not know) and the token
+/// that proves the sender holds the pre-shared key (see [`crate::crypto::ResetKey`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatelessReset {
+    pub session_id: SessionId,
+    pub token: [u8; RESET_TOKEN_LEN],
+}
+
+impl StatelessReset {
+    /// Length of a reset packet on the wire.
+    pub const LEN: usize = Header::HANDSHAKE_LEN + RESET_TOKEN_LEN;
+    /// Shortest data packet that may be answered with a reset. A genuine data packet is at
+    /// least a header, one frame byte and the AEAD tag (26 bytes); the reset (21 bytes) is
+    /// strictly shorter than anything it answers, so resets cannot amplify traffic, and two
+    /// endpoints can never bounce resets back and forth (a reset is not a data packet).
+    pub const MIN_TRIGGER_LEN: usize = Header::DATA_LEN + 1 + crate::crypto::TAG_LEN;
+
+    /// Parses a reset packet (header included). Bytes after the token are ignored.
+    pub fn parse(packet: &[u8]) -> Result<Self, WireError> {
+        let (header, len) = Header::parse(packet)?;
+        if header.ty != PacketType::StatelessReset {
+            return Err(WireError::PacketType(header.ty as u8));
+        }
+        let mut r = Reader::new(packet.get(len..).ok_or(WireError::Truncated)?);
+        Ok(Self {
+            session_id: header.session_id,
+            token: r.array()?,
+        })
+    }
+
+    pub fn emit(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.atomic(|w| {
+            Header::handshake(PacketType::StatelessReset, self.session_id).emit(w)?;
+            w.bytes(&self.token)
+        })
+    }
+}
+
 /// Rebuilds a full packet number from its low 32 bits and the largest one received so far
 /// (RFC 9000, appendix A.3, with a 32-bit window): the candidate closest to `largest + 1`.
 pub fn decode_packet_number(largest: Option<u64>, truncated: u32) -> u64 {
@@ -175,6 +227,47 @@ mod tests {
             Err(WireError::Truncated)
         ));
         assert!(matches!(Header::parse(&[]), Err(WireError::Truncated)));
+    }
+
+    #[test]
+    fn stateless_reset_round_trips_and_is_shorter_than_any_trigger() {
+        let reset = StatelessReset {
+            session_id: SessionId::new(1, 0x42),
+            token: [0xab; RESET_TOKEN_LEN],
+        };
+        let mut buf = [0u8; 32];
+        let mut w = Writer::new(&mut buf);
+        reset.emit(&mut w).unwrap();
+        assert_eq!(w.len(), StatelessReset::LEN);
+        assert_eq!(buf[0] & 0x0f, 4);
+        assert_eq!(
+            StatelessReset::parse(&buf[..StatelessReset::LEN]),
+            Ok(reset)
+        );
+        assert_eq!(
+            StatelessReset::parse(&buf),
+            Ok(reset),
+            "trailing bytes ignored"
+        );
+        assert_eq!(
+            StatelessReset::parse(&buf[..StatelessReset::LEN - 1]),
+            Err(WireError::Truncated)
+        );
+        let (header, len) = Header::parse(&buf).unwrap();
+        assert_eq!(header.ty, PacketType::StatelessReset);
+        assert_eq!(len, Header::HANDSHAKE_LEN);
+        const { assert!(StatelessReset::LEN < StatelessReset::MIN_TRIGGER_LEN) };
+        // A data header is no reset.
+        let mut data = [0u8; 32];
+        Header::data(SessionId::new(1, 2), false, 7)
+            .emit(&mut Writer::new(&mut data))
+            .unwrap();
+        assert_eq!(StatelessReset::parse(&data), Err(WireError::PacketType(3)));
+        // Too small a buffer writes nothing.
+        let mut small = [0u8; 10];
+        let mut w = Writer::new(&mut small);
+        assert_eq!(reset.emit(&mut w), Err(WireError::BufferTooSmall));
+        assert!(w.is_empty());
     }
 
     #[test]

@@ -1,16 +1,21 @@
-//! The wire format: packet headers, frames and the identifiers they carry.
+//! The wire format: packet headers, frames, handshake parameters, stateless resets and the
+//! identifiers they carry.
 //!
 //! A datagram is one packet: a cleartext [`Header`] (which is the AEAD's associated data)
-//! followed by a sealed payload. The payload of a data packet is a sequence of [`Frame`]s.
+//! followed by a sealed payload. The payload of a data packet is a sequence of [`Frame`]s; the
+//! payload of a handshake message carries [`HandshakeParams`]; a [`StatelessReset`] is a header
+//! and a token.
 //! Parsing is total: any byte string yields a value or a [`WireError`], never a panic.
 
 mod codec;
 mod frame;
 mod header;
+mod params;
 
 pub use codec::{Reader, VARINT_MAX, Writer, varint_len};
 pub use frame::{AckFrame, AckRanges, Frame, FrameIter, StreamFrameHeader, WindowTarget};
-pub use header::{Header, PacketType, decode_packet_number};
+pub use header::{Header, PacketType, RESET_TOKEN_LEN, StatelessReset, decode_packet_number};
+pub use params::{HandshakeParams, MAX_NODE_NAME_LEN};
 
 /// The protocol version this build speaks. Bumped on any incompatible wire change.
 pub const VERSION: u8 = 1;
