@@ -221,11 +221,10 @@ fn endpoint_config(config: &Config) -> EndpointConfig {
         session.rtt.max_rtt = max;
     }
     EndpointConfig {
-        psk: config.key.clone(),
         session,
         accept: config.listen.is_some(),
-        shard: 0,
-        max_sessions: 4096,
+        name: config.name.clone(),
+        ..EndpointConfig::new(config.key.clone())
     }
 }
 

@@ -193,7 +193,7 @@ impl Shard {
                 Some(p)
             }
             None => {
-                let name = peer_name(session).map(str::to_owned);
+                let name = session.peer_name().map(str::to_owned);
                 let found = name.as_deref().and_then(|name| {
                     self.peers
                         .peers
@@ -290,7 +290,3 @@ impl Shard {
     }
 }
 
-/// TEMPORARY until the handshake carries names (proto branch).
-fn peer_name(_session: &engine_proto::Session) -> Option<&str> {
-    None
-}
