@@ -12,6 +12,8 @@
 //! dataplane hands its send ring to `poll_transmit` the same way, so no copy is added to the
 //! measured path.
 
+pub mod impair;
+
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};

@@ -1,0 +1,216 @@
+//! `impair`: the UDP impairment relay ([`bench::impair`]) as a command.
+//!
+//! Prints `impair listening on <addr>` as its first stdout line, then the statistics of each
+//! direction to stderr every 5 s and once more on SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bench::impair::{Impairment, Relay, RelayConfig, parse};
+use clap::Parser;
+
+const REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Set by the signal handler; the main loop polls it.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// A UDP relay that drops, delays, reorders, duplicates and rate-limits datagrams.
+///
+/// The impairment options apply to both directions; `--up-*` (client -> upstream) and
+/// `--down-*` (upstream -> client) override them for one direction.
+#[derive(Debug, Parser)]
+#[command(name = "impair")]
+struct Args {
+    /// Where clients send (port 0 picks a free port).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Where datagrams are forwarded to.
+    #[arg(long)]
+    upstream: SocketAddr,
+    #[command(flatten)]
+    both: Both,
+    #[command(flatten)]
+    up: Up,
+    #[command(flatten)]
+    down: Down,
+    /// Seed of the random decisions.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct Both {
+    /// Loss probability (`5%` or `0.05`).
+    #[arg(long, value_parser = parse::probability)]
+    loss: Option<f64>,
+    /// One-way delay (`20ms`).
+    #[arg(long, value_parser = parse::duration)]
+    delay: Option<Duration>,
+    /// Uniform extra delay 0..=jitter (`5ms`).
+    #[arg(long, value_parser = parse::duration)]
+    jitter: Option<Duration>,
+    /// Probability of holding a datagram back an extra delay (`1%`).
+    #[arg(long, value_parser = parse::probability)]
+    reorder: Option<f64>,
+    /// Duplication probability (`0.5%`).
+    #[arg(long, value_parser = parse::probability)]
+    duplicate: Option<f64>,
+    /// Bottleneck rate (`100mbit`).
+    #[arg(long, value_parser = parse::rate)]
+    rate: Option<u64>,
+    /// Bottleneck drop-tail queue in time at the rate (`50ms`).
+    #[arg(long, value_parser = parse::duration)]
+    queue: Option<Duration>,
+}
+
+/// Declares a per-direction override group with prefixed option names.
+macro_rules! overrides {
+    ($name:ident, $dir:literal, $loss:literal, $delay:literal, $jitter:literal, $reorder:literal,
+     $duplicate:literal, $rate:literal, $queue:literal) => {
+        #[derive(Debug, clap::Args)]
+        struct $name {
+            #[arg(long = $loss, value_parser = parse::probability, help = concat!("--loss for ", $dir))]
+            loss: Option<f64>,
+            #[arg(long = $delay, value_parser = parse::duration, help = concat!("--delay for ", $dir))]
+            delay: Option<Duration>,
+            #[arg(long = $jitter, value_parser = parse::duration, help = concat!("--jitter for ", $dir))]
+            jitter: Option<Duration>,
+            #[arg(long = $reorder, value_parser = parse::probability, help = concat!("--reorder for ", $dir))]
+            reorder: Option<f64>,
+            #[arg(long = $duplicate, value_parser = parse::probability, help = concat!("--duplicate for ", $dir))]
+            duplicate: Option<f64>,
+            #[arg(long = $rate, value_parser = parse::rate, help = concat!("--rate for ", $dir))]
+            rate: Option<u64>,
+            #[arg(long = $queue, value_parser = parse::duration, help = concat!("--queue for ", $dir))]
+            queue: Option<Duration>,
+        }
+
+        impl $name {
+            fn settings(&self) -> Settings {
+                Settings {
+                    loss: self.loss,
+                    delay: self.delay,
+                    jitter: self.jitter,
+                    reorder: self.reorder,
+                    duplicate: self.duplicate,
+                    rate: self.rate,
+                    queue: self.queue,
+                }
+            }
+        }
+    };
+}
+
+overrides!(
+    Up,
+    "client -> upstream",
+    "up-loss",
+    "up-delay",
+    "up-jitter",
+    "up-reorder",
+    "up-duplicate",
+    "up-rate",
+    "up-queue"
+);
+overrides!(
+    Down,
+    "upstream -> client",
+    "down-loss",
+    "down-delay",
+    "down-jitter",
+    "down-reorder",
+    "down-duplicate",
+    "down-rate",
+    "down-queue"
+);
+
+/// Impairment settings, each possibly unset.
+struct Settings {
+    loss: Option<f64>,
+    delay: Option<Duration>,
+    jitter: Option<Duration>,
+    reorder: Option<f64>,
+    duplicate: Option<f64>,
+    rate: Option<u64>,
+    queue: Option<Duration>,
+}
+
+impl Settings {
+    fn apply(&self, mut imp: Impairment) -> Impairment {
+        imp.loss = self.loss.unwrap_or(imp.loss);
+        imp.delay = self.delay.unwrap_or(imp.delay);
+        imp.jitter = self.jitter.unwrap_or(imp.jitter);
+        imp.reorder = self.reorder.unwrap_or(imp.reorder);
+        imp.duplicate = self.duplicate.unwrap_or(imp.duplicate);
+        imp.rate_bits_per_sec = self.rate.or(imp.rate_bits_per_sec);
+        imp.queue = self.queue.unwrap_or(imp.queue);
+        imp
+    }
+}
+
+impl Both {
+    fn settings(&self) -> Settings {
+        Settings {
+            loss: self.loss,
+            delay: self.delay,
+            jitter: self.jitter,
+            reorder: self.reorder,
+            duplicate: self.duplicate,
+            rate: self.rate,
+            queue: self.queue,
+        }
+    }
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn main() {
+    let args = Args::parse();
+    let both = args.both.settings().apply(Impairment::default());
+    let config = RelayConfig {
+        listen: args.listen,
+        upstream: args.upstream,
+        to_upstream: args.up.settings().apply(both.clone()),
+        to_client: args.down.settings().apply(both),
+        seed: args.seed,
+    };
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let handler: extern "C" fn(libc::c_int) = on_signal;
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+    }
+    let relay = match Relay::start(config.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("impair: cannot listen on {}: {e}", config.listen);
+            std::process::exit(1);
+        }
+    };
+    println!("impair listening on {}", relay.local_addr());
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "impair: -> {} up {:?} down {:?} seed {}",
+        config.upstream, config.to_upstream, config.to_client, config.seed
+    );
+    let mut next_report = Instant::now() + REPORT_INTERVAL;
+    while !STOP.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(100));
+        if Instant::now() >= next_report {
+            report(&relay);
+            next_report += REPORT_INTERVAL;
+        }
+    }
+    report(&relay);
+    drop(relay);
+}
+
+fn report(relay: &Relay) {
+    eprintln!("impair: up   {}", relay.stats_to_upstream());
+    eprintln!("impair: down {}", relay.stats_to_client());
+}

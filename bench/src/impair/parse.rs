@@ -1,0 +1,108 @@
+//! Parsers for the command-line spellings of impairments: `5%` or `0.05`, `20ms`, `100mbit`.
+
+use std::time::Duration;
+
+/// A probability given as a fraction (`0.05`) or a percentage (`5%`), within 0..=1.
+pub fn probability(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    let p = match s.strip_suffix('%') {
+        Some(pct) => number(pct)? / 100.0,
+        None => number(s)?,
+    };
+    if !(0.0..=1.0).contains(&p) {
+        return Err(format!("probability {s:?} is outside 0..=1 (0%..=100%)"));
+    }
+    Ok(p)
+}
+
+/// A duration with a unit: `ns`, `us`, `ms`, `s` (`20ms`, `1.5s`); a bare `0` is zero.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .ok_or_else(|| format!("duration {s:?} needs a unit (ns, us, ms, s)"))?;
+    let (value, unit) = s.split_at(split);
+    let scale = match unit {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        _ => return Err(format!("unknown duration unit {unit:?} (ns, us, ms, s)")),
+    };
+    let secs = number(value)? * scale;
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("duration {s:?}: {e}"))
+}
+
+/// A rate in bits per second: `100mbit`, `1gbit`, `500kbit`, `64bit` or a bare number of bits
+/// (decimal multiples, as in `tc`).
+pub fn rate(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (value, scale) = if let Some(v) = lower.strip_suffix("gbit") {
+        (v, 1e9)
+    } else if let Some(v) = lower.strip_suffix("mbit") {
+        (v, 1e6)
+    } else if let Some(v) = lower.strip_suffix("kbit") {
+        (v, 1e3)
+    } else if let Some(v) = lower.strip_suffix("bit") {
+        (v, 1.0)
+    } else {
+        (lower.as_str(), 1.0)
+    };
+    let bits = number(value)? * scale;
+    if !(1.0..=u64::MAX as f64).contains(&bits) {
+        return Err(format!("rate {s:?} must be at least 1 bit/s"));
+    }
+    Ok(bits as u64)
+}
+
+fn number(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{s:?} must be a finite non-negative number"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probabilities() {
+        assert_eq!(probability("5%"), Ok(0.05));
+        assert_eq!(probability("0.05"), Ok(0.05));
+        assert_eq!(probability("0"), Ok(0.0));
+        assert_eq!(probability("100%"), Ok(1.0));
+        assert!(probability("101%").is_err());
+        assert!(probability("1.5").is_err());
+        assert!(probability("-1%").is_err());
+        assert!(probability("x").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("20ms"), Ok(Duration::from_millis(20)));
+        assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        assert!(duration("20").is_err());
+        assert!(duration("20m").is_err());
+        assert!(duration("-5ms").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(rate("100mbit"), Ok(100_000_000));
+        assert_eq!(rate("1Gbit"), Ok(1_000_000_000));
+        assert_eq!(rate("2.5kbit"), Ok(2_500));
+        assert_eq!(rate("64000"), Ok(64_000));
+        assert!(rate("0").is_err());
+        assert!(rate("fast").is_err());
+    }
+}
