@@ -14,7 +14,7 @@ use engine_api::config::MapId;
 use engine_proto::wire::{SessionId, StreamId};
 
 /// Largest chunk read from a stream into a connection's send buffer at a time.
-pub(crate) const TX_BUFFER: usize = 64 * 1024;
+pub(crate) const TX_BUFFER: usize = 256 * 1024;
 
 #[derive(Debug)]
 pub(crate) struct Conn {

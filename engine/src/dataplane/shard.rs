@@ -32,8 +32,8 @@ const UDP_GROUP: u16 = 0;
 /// Buffer group of the TCP receive ring.
 const TCP_GROUP: u16 = 1;
 const UDP_BUFFERS: u16 = 64;
-const TCP_BUFFERS: u16 = 64;
-const TCP_BUFFER_SIZE: usize = 64 * 1024;
+const TCP_BUFFERS: u16 = 16;
+const TCP_BUFFER_SIZE: usize = 256 * 1024;
 /// GSO sends in flight at once.
 const SEND_SLOTS: usize = 64;
 /// How long a shutting-down shard keeps sending (CLOSE frames) before it exits.
