@@ -72,19 +72,19 @@ macro_rules! overrides {
      $duplicate:literal, $rate:literal, $queue:literal) => {
         #[derive(Debug, clap::Args)]
         struct $name {
-            #[arg(long = $loss, value_parser = parse::probability, help = concat!("--loss for ", $dir))]
+            #[arg(id = $loss, long = $loss, value_parser = parse::probability, help = concat!("--loss for ", $dir))]
             loss: Option<f64>,
-            #[arg(long = $delay, value_parser = parse::duration, help = concat!("--delay for ", $dir))]
+            #[arg(id = $delay, long = $delay, value_parser = parse::duration, help = concat!("--delay for ", $dir))]
             delay: Option<Duration>,
-            #[arg(long = $jitter, value_parser = parse::duration, help = concat!("--jitter for ", $dir))]
+            #[arg(id = $jitter, long = $jitter, value_parser = parse::duration, help = concat!("--jitter for ", $dir))]
             jitter: Option<Duration>,
-            #[arg(long = $reorder, value_parser = parse::probability, help = concat!("--reorder for ", $dir))]
+            #[arg(id = $reorder, long = $reorder, value_parser = parse::probability, help = concat!("--reorder for ", $dir))]
             reorder: Option<f64>,
-            #[arg(long = $duplicate, value_parser = parse::probability, help = concat!("--duplicate for ", $dir))]
+            #[arg(id = $duplicate, long = $duplicate, value_parser = parse::probability, help = concat!("--duplicate for ", $dir))]
             duplicate: Option<f64>,
-            #[arg(long = $rate, value_parser = parse::rate, help = concat!("--rate for ", $dir))]
+            #[arg(id = $rate, long = $rate, value_parser = parse::rate, help = concat!("--rate for ", $dir))]
             rate: Option<u64>,
-            #[arg(long = $queue, value_parser = parse::duration, help = concat!("--queue for ", $dir))]
+            #[arg(id = $queue, long = $queue, value_parser = parse::duration, help = concat!("--queue for ", $dir))]
             queue: Option<Duration>,
         }
 
@@ -213,4 +213,43 @@ fn main() {
 fn report(relay: &Relay) {
     eprintln!("impair: up   {}", relay.stats_to_upstream());
     eprintln!("impair: down {}", relay.stats_to_client());
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn direction_overrides_win() {
+        let args = Args::try_parse_from([
+            "impair",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:4000",
+            "--loss",
+            "5%",
+            "--delay",
+            "20ms",
+            "--down-loss",
+            "0",
+            "--up-rate",
+            "100mbit",
+        ])
+        .unwrap();
+        let both = args.both.settings().apply(Impairment::default());
+        let up = args.up.settings().apply(both.clone());
+        let down = args.down.settings().apply(both);
+        assert_eq!((up.loss, up.delay), (0.05, Duration::from_millis(20)));
+        assert_eq!(up.rate_bits_per_sec, Some(100_000_000));
+        assert_eq!((down.loss, down.delay), (0.0, Duration::from_millis(20)));
+        assert_eq!(down.rate_bits_per_sec, None);
+    }
 }

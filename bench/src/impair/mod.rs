@@ -735,8 +735,12 @@ mod tests {
         let (data, from) = recv(&client);
         assert_eq!((data.as_slice(), from), (&b"reply"[..], relay.local_addr()));
         let s = settle(&relay, |s| s.forwarded == 2);
+        // (Late releases depend on the machine's load, not on the relay's logic.)
         assert_eq!(
-            s,
+            RelayStats {
+                late_releases: 0,
+                ..s
+            },
             RelayStats {
                 received: 2,
                 forwarded: 2,
@@ -819,12 +823,12 @@ mod tests {
     #[test]
     fn the_bottleneck_drops_a_burst_beyond_its_queue() {
         let upstream = socket();
-        // 1400 bytes take 112 ms at 100 kbit/s; the queue holds 10 ms, so a burst gets one or
-        // two datagrams through and loses the rest.
+        // 1400 bytes take 224 ms at 50 kbit/s; the queue holds 10 ms, so a burst gets one or
+        // two datagrams through and loses the rest (unless sending 50 datagrams takes seconds).
         let relay = relay(
             &upstream,
             Impairment {
-                rate_bits_per_sec: Some(100_000),
+                rate_bits_per_sec: Some(50_000),
                 queue: Duration::from_millis(10),
                 ..Impairment::default()
             },
