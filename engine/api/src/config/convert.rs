@@ -437,18 +437,17 @@ impl Converter<'_> {
             .transpose()?;
         if let (Some(min), Some(max), Some(max_value)) =
             (min_rtt, max_rtt, rtt.and_then(|rtt| rtt.max.as_ref()))
+            && min > max
         {
-            if min > max {
-                return Err(self.at(
-                    max_value,
-                    "rtt.max",
-                    format!(
-                        "rtt.max ({}) is below rtt.min ({})",
-                        DurationText(max),
-                        DurationText(min)
-                    ),
-                ));
-            }
+            return Err(self.at(
+                max_value,
+                "rtt.max",
+                format!(
+                    "rtt.max ({}) is below rtt.min ({})",
+                    DurationText(max),
+                    DurationText(min)
+                ),
+            ));
         }
         Ok(Transport {
             profile,
@@ -625,14 +624,14 @@ impl Converter<'_> {
             }
             let listen = self.ip_addr(&map.listen, &format!("maps[{i}].listen"))?;
             // Port 0 asks the kernel for a free port, so several such entries never collide.
-            if listen.port() != 0 {
-                if let Some(line) = listens.insert(listen, map.listen.referenced.line()) {
-                    return Err(self.at(
-                        &map.listen,
-                        format!("maps[{i}].listen"),
-                        format!("duplicate listen address {listen} (first at line {line})"),
-                    ));
-                }
+            if listen.port() != 0
+                && let Some(line) = listens.insert(listen, map.listen.referenced.line())
+            {
+                return Err(self.at(
+                    &map.listen,
+                    format!("maps[{i}].listen"),
+                    format!("duplicate listen address {listen} (first at line {line})"),
+                ));
             }
             let peer_field = format!("maps[{i}].peer");
             let Some(peer) = peers.iter().position(|p| p.name == map.peer.value) else {
@@ -765,7 +764,7 @@ impl fmt::Display for DurationText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let nanos = self.0.as_nanos();
         for (unit, scale) in [("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)] {
-            if nanos % scale == 0 {
+            if nanos.is_multiple_of(scale) {
                 return write!(f, "{}{unit}", nanos / scale);
             }
         }
