@@ -135,10 +135,11 @@ pub struct Log {
 }
 
 impl Config {
-    /// Parses and checks a config file's text. `path` is only used in error messages.
+    /// Parses and checks a config file's text. `path` names the file in error messages, and a
+    /// relative `key_file` is read from `path`'s directory.
     ///
-    /// Host names are looked up, a `key_file` is read (relative to `path`'s directory) and a
-    /// passphrase is stretched, through [`SystemEnvironment`].
+    /// Host names are looked up, a `key_file` is read and a passphrase is stretched, through
+    /// [`SystemEnvironment`].
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         Self::parse_with(path, text, &SystemEnvironment)
     }
