@@ -1,15 +1,49 @@
-//! Reading the config file.
+//! Loading the config file.
 //!
-//! For now this owns only getting the text off disk with an error that names the file. The
-//! typed schema (listen address, key, peers, maps) lives in `engine-api` from the dataplane issue
-//! on, and is parsed from [`ConfigFile::text`] here.
+//! `engine_api::config` parses and checks the file (so that `ctl` and the fuzzer parse it the
+//! same way); the engine adds the one check only it can make, because only it links
+//! `tracing-subscriber`: `log.level` must be a filter `EnvFilter` accepts.
 
-use std::fs;
+use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use engine_api::config::{Config, ConfigError, Environment, SystemEnvironment};
+use engine_proto::crypto::{Psk, PskError};
+use tracing_subscriber::EnvFilter;
+
+/// Reads and checks the config at `path`; the error names the file, line, column and field.
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
+    Config::load_with(path, &EngineEnvironment)
+}
+
+/// [`SystemEnvironment`], with `log.level` checked by `EnvFilter` itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct EngineEnvironment;
+
+impl Environment for EngineEnvironment {
+    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        SystemEnvironment.resolve(host, port)
+    }
+
+    fn read_key_file(&self, path: &Path) -> io::Result<String> {
+        SystemEnvironment.read_key_file(path)
+    }
+
+    fn passphrase_key(&self, passphrase: &str) -> Result<Psk, PskError> {
+        SystemEnvironment.passphrase_key(passphrase)
+    }
+
+    fn check_log_filter(&self, directives: &str) -> Result<(), String> {
+        EnvFilter::try_new(directives)
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+}
 
 /// A config file's path and contents, as read from disk.
+// Used by `run` until it loads the typed config with [`load`].
 #[derive(Debug)]
 pub(crate) struct ConfigFile {
     /// The path as the user gave it, for messages ("reload", errors with line and column).
@@ -21,7 +55,7 @@ pub(crate) struct ConfigFile {
 impl ConfigFile {
     /// Reads `path`, failing with a message that names the file and the reason.
     pub(crate) fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = fs::read_to_string(path)
+        let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         Ok(Self {
             path: path.to_owned(),
@@ -34,23 +68,47 @@ impl ConfigFile {
 mod tests {
     use super::*;
 
-    #[test]
-    fn missing_file_error_names_the_file() {
-        let path = std::env::temp_dir().join(format!(
-            "coretun-missing-config-{}.yaml",
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "coretun-engine-config-{}-{name}",
             std::process::id()
-        ));
-        let err = ConfigFile::read(&path).unwrap_err();
-        let message = format!("{err:#}");
-        assert!(message.contains(&path.display().to_string()), "{message}");
-        assert!(message.contains("No such file or directory"), "{message}");
+        ))
     }
 
     #[test]
-    fn reads_an_existing_file() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-        let config = ConfigFile::read(&path).unwrap();
-        assert_eq!(config.path, path);
-        assert!(config.text.contains("name = \"engine\""));
+    fn missing_file_error_names_the_file() {
+        let path = temp_path("missing.yaml");
+        let message = load(&path).unwrap_err().to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("No such file or directory"), "{message}");
+
+        let message = format!("{:#}", ConfigFile::read(&path).unwrap_err());
+        assert!(message.contains(&path.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn loads_the_shipped_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.yaml");
+        let config = load(&path).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(config.listen, Some("0.0.0.0:4000".parse().unwrap()));
+        assert!(ConfigFile::read(&path).unwrap().text.contains("listen:"));
+    }
+
+    #[test]
+    fn log_level_is_checked_by_env_filter() {
+        let env = EngineEnvironment;
+        assert_eq!(env.check_log_filter("engine=debug,warn"), Ok(()));
+        let path = temp_path("bad-level.yaml");
+        std::fs::write(
+            &path,
+            "key: vk7QWrLp2iOdreXkJU6RQUp5dGQH2cB+VkGqVdVRKhA=\nlog:\n  level: \"x=[\"\n",
+        )
+        .unwrap();
+        let message = load(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            message.contains(":3:10: log.level: invalid log filter"),
+            "{message}"
+        );
     }
 }

@@ -102,14 +102,20 @@ fn run(config_path: &Path, log_level: Option<&str>) -> anyhow::Result<ExitCode> 
 }
 
 /// `engine check -c <FILE>`: report whether a config would be accepted, without running.
+///
+/// On success prints the effective config (defaults applied, addresses resolved, key masked) to
+/// stdout; otherwise the error, as `file:line:col: field: message`, goes to stderr (exit 1).
 fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let config = config::ConfigFile::read(config_path)?;
-    println!(
-        "{}: readable ({} bytes); its schema arrives with the dataplane, so the contents are not \
-         validated yet",
-        config.path.display(),
-        config.text.len()
-    );
+    let config = config::load(config_path)?;
+    let mut stdout = io::stdout().lock();
+    write!(
+        stdout,
+        "# {}: OK. Effective config (defaults applied, addresses resolved, key masked):\n{}",
+        config_path.display(),
+        config.to_masked_yaml()
+    )
+    .and_then(|()| stdout.flush())
+    .context("cannot write to stdout")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -86,14 +86,6 @@ fn check_missing_file_names_it() {
 }
 
 #[test]
-fn check_accepts_the_shipped_config() {
-    let config = shipped_config();
-    let out = engine(&["check", "--config", config.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("config.yaml"), "{}", stdout(&out));
-}
-
-#[test]
 fn run_missing_file_names_it() {
     let path = missing_path("run.yaml");
     let out = engine(&["-c", path.to_str().unwrap()]);

@@ -303,11 +303,11 @@ impl Endpoint {
         };
         // Keyed by the ephemeral key alone: a message 1 replayed from another address gets the
         // cached answer (useless without the dialler's ephemeral secret), never a new session.
-        if let Some(a) = self.answered.get(&ephemeral) {
-            if self.sessions.contains_key(&a.session) {
-                self.outgoing.push_back((from, a.packet.clone()));
-                return;
-            }
+        if let Some(a) = self.answered.get(&ephemeral)
+            && self.sessions.contains_key(&a.session)
+        {
+            self.outgoing.push_back((from, a.packet.clone()));
+            return;
         }
         if self.sessions.len() >= self.config.max_sessions {
             self.stats.refused_sessions += 1;

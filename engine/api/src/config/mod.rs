@@ -10,6 +10,7 @@ mod convert;
 mod error;
 mod raw;
 
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,11 @@ use std::time::Duration;
 use engine_proto::config::Profile;
 use engine_proto::crypto::Psk;
 
-pub use error::ConfigError;
+pub use convert::{
+    DEFAULT_LOG_LEVEL, DEFAULT_MTU, Environment, MAX_NAME_LEN, MAX_SHARDS, MTU_RANGE,
+    SystemEnvironment, check_log_filter,
+};
+pub use error::{ConfigError, Position};
 
 /// Where the engine listens for control connections unless the config says otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = crate::control::DEFAULT_SOCKET_PATH;
@@ -130,19 +135,255 @@ pub struct Log {
 }
 
 impl Config {
-    /// Parses and checks a config file's text. `path` is only used in error messages.
+    /// Parses and checks a config file's text. `path` names the file in error messages, and a
+    /// relative `key_file` is read from `path`'s directory.
+    ///
+    /// Host names are looked up, a `key_file` is read and a passphrase is stretched, through
+    /// [`SystemEnvironment`].
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        convert::parse(path, text)
+        Self::parse_with(path, text, &SystemEnvironment)
+    }
+
+    /// [`Config::parse`] with lookups, key files and passphrases going through `env` (tests, the
+    /// fuzzer, or an engine that checks the log filter with `tracing-subscriber`).
+    pub fn parse_with(path: &Path, text: &str, env: &dyn Environment) -> Result<Self, ConfigError> {
+        convert::parse(path, text, env)
     }
 
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, &SystemEnvironment)
+    }
+
+    /// [`Config::load`] through `env` (see [`Config::parse_with`]).
+    pub fn load_with(path: &Path, env: &dyn Environment) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| ConfigError::io(path, err))?;
-        Self::parse(path, &text)
+        Self::parse_with(path, &text, env)
     }
 
     /// The peer with this name.
     pub fn peer(&self, name: &str) -> Option<(usize, &Peer)> {
         self.peers.iter().enumerate().find(|(_, p)| p.name == name)
+    }
+
+    /// The effective config as YAML: every field with its default applied, addresses resolved,
+    /// the key shown as `***`. Apart from the key it parses back into the same config.
+    pub fn to_masked_yaml(&self) -> String {
+        let mut out = String::new();
+        self.write_masked_yaml(&mut out)
+            .unwrap_or_else(|_| unreachable!("writing to a String cannot fail"));
+        out
+    }
+
+    fn write_masked_yaml(&self, out: &mut String) -> fmt::Result {
+        writeln!(
+            out,
+            "name: {}",
+            self.name.as_deref().map_or("~".into(), quote)
+        )?;
+        match self.listen {
+            Some(listen) => writeln!(out, "listen: {}", addr(listen))?,
+            None => writeln!(out, "listen: ~  # dials out only")?,
+        }
+        writeln!(out, "key: \"***\"")?;
+        let transport = &self.transport;
+        writeln!(out, "profile: {}", transport.profile.name())?;
+        match transport.rate {
+            Rate::Auto {
+                max_bytes_per_sec: None,
+            } => {
+                writeln!(out, "congestion: bbr")?;
+                writeln!(out, "rate: ~  # no cap")?;
+            }
+            Rate::Auto {
+                max_bytes_per_sec: Some(bytes),
+            } => {
+                writeln!(out, "congestion: bbr")?;
+                writeln!(
+                    out,
+                    "rate: {}  # bit/s cap ({bytes} bytes/s)",
+                    bytes.saturating_mul(8)
+                )?;
+            }
+            Rate::Fixed { bytes_per_sec } => {
+                writeln!(out, "congestion: fixed")?;
+                let bits = bytes_per_sec.saturating_mul(8);
+                writeln!(out, "rate: {bits}  # bit/s ({bytes_per_sec} bytes/s)")?;
+            }
+        }
+        writeln!(out, "mtu: {}", transport.mtu)?;
+        writeln!(out, "rtt:")?;
+        for (name, value) in [("min", transport.min_rtt), ("max", transport.max_rtt)] {
+            match value {
+                Some(value) => writeln!(out, "  {name}: {}", convert::DurationText(value))?,
+                None => writeln!(out, "  {name}: ~  # the profile's")?,
+            }
+        }
+        match self.shards {
+            Shards::Auto => writeln!(out, "shards: auto")?,
+            Shards::Count(count) => writeln!(out, "shards: {count}")?,
+        }
+        if self.peers.is_empty() {
+            writeln!(out, "peers: []")?;
+        } else {
+            writeln!(out, "peers:")?;
+        }
+        for peer in &self.peers {
+            writeln!(out, "  - name: {}", quote(&peer.name))?;
+            match peer.addr {
+                Some(peer_addr) => writeln!(out, "    addr: {}", addr(peer_addr))?,
+                None => writeln!(out, "    addr: ~  # accepted, not dialled")?,
+            }
+        }
+        if self.maps.is_empty() {
+            writeln!(out, "maps: []")?;
+        } else {
+            writeln!(out, "maps:")?;
+        }
+        for map in &self.maps {
+            writeln!(out, "  - id: {}", map.id)?;
+            writeln!(out, "    listen: {}", addr(map.listen))?;
+            let peer = self.peers.get(map.peer).map_or("?", |p| p.name.as_str());
+            writeln!(out, "    peer: {}", quote(peer))?;
+            writeln!(out, "    proto: {}", map.proto)?;
+        }
+        if self.allow.is_empty() {
+            writeln!(out, "allow: []")?;
+        } else {
+            writeln!(out, "allow:")?;
+        }
+        for allow in &self.allow {
+            writeln!(out, "  - id: {}", allow.id)?;
+            writeln!(out, "    target: {}", addr(allow.target))?;
+            writeln!(out, "    proto: {}", allow.proto)?;
+        }
+        writeln!(out, "control:")?;
+        writeln!(
+            out,
+            "  socket: {}",
+            quote(&self.control.socket.to_string_lossy())
+        )?;
+        writeln!(out, "log:")?;
+        writeln!(out, "  level: {}", quote(&self.log.level))
+    }
+}
+
+/// An address as YAML: IPv6 ones are quoted, as a plain `[` would start a list.
+fn addr(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(_) => addr.to_string(),
+        SocketAddr::V6(_) => quote(&addr.to_string()),
+    }
+}
+
+/// A YAML double-quoted scalar (JSON string syntax is a subset of it), so that any text,
+/// including `#`, `: ` or control characters, reads back as the same string.
+fn quote(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+impl Proto {
+    /// The name the config file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "vk7QWrLp2iOdreXkJU6RQUp5dGQH2cB+VkGqVdVRKhA=";
+
+    fn parse(text: &str) -> Config {
+        Config::parse(Path::new("c.yaml"), text).unwrap_or_else(|err| panic!("{err}\n{text}"))
+    }
+
+    /// Everything but the key, which has no `PartialEq` on purpose.
+    fn assert_same(a: &Config, b: &Config) {
+        assert_eq!(a.name, b.name);
+        assert_eq!(a.listen, b.listen);
+        assert_eq!(a.key.as_bytes(), b.key.as_bytes());
+        assert_eq!(a.transport, b.transport);
+        assert_eq!(a.shards, b.shards);
+        assert_eq!(a.peers, b.peers);
+        assert_eq!(a.maps, b.maps);
+        assert_eq!(a.allow, b.allow);
+        assert_eq!(a.control, b.control);
+        assert_eq!(a.log, b.log);
+    }
+
+    #[test]
+    fn masked_yaml_hides_the_key_and_reads_back() {
+        for text in [
+            format!("key: {KEY}\n"),
+            format!(
+                "key: {KEY}
+name: office
+listen: \"[::1]:4000\"
+congestion: fixed
+rate: 12.5mbit
+mtu: 9000
+rtt: {{min: 1500us, max: 2s}}
+shards: 3
+peers:
+  - name: server
+    addr: 127.0.0.1:4000
+  - name: laptop
+maps:
+  - {{id: 100, listen: \"[::1]:2222\", peer: server}}
+  - {{id: 4294967295, listen: 127.0.0.1:0, peer: laptop}}
+allow:
+  - {{id: 100, target: 127.0.0.1:22}}
+control:
+  socket: \"/tmp/odd # path: x\"
+log:
+  level: engine=debug,warn
+"
+            ),
+            format!("key: {KEY}\nrate: 8kbit\n"),
+        ] {
+            let config = parse(&text);
+            let yaml = config.to_masked_yaml();
+            assert!(yaml.contains("key: \"***\"\n"), "{yaml}");
+            assert!(!yaml.contains(KEY), "{yaml}");
+            let again = parse(&yaml.replace("\"***\"", KEY));
+            assert_same(&config, &again);
+        }
+    }
+
+    #[test]
+    fn masked_yaml_shows_defaults() {
+        let yaml = parse(&format!("key: {KEY}\n")).to_masked_yaml();
+        for line in [
+            "name: ~\n",
+            "listen: ~",
+            "profile: fast2\n",
+            "congestion: bbr\n",
+            "rate: ~",
+            "mtu: 1400\n",
+            "shards: auto\n",
+            "peers: []\n",
+            "maps: []\n",
+            "allow: []\n",
+            "  socket: \"/run/coretun/engine.sock\"\n",
+            "  level: \"info\"\n",
+        ] {
+            assert!(yaml.contains(line), "{line:?} missing from\n{yaml}");
+        }
+    }
+
+    #[test]
+    fn proto_names() {
+        assert_eq!(Proto::Tcp.to_string(), "tcp");
+        assert_eq!(MapId(7).to_string(), "7");
     }
 }

@@ -1,1 +1,89 @@
-//! TEMPORARY stand-in until the config parser lands.
+//! The config file as YAML spells it: serde structs with `deny_unknown_fields`, every value still
+//! text (or a plain integer) and carrying its position, so that [`super::convert`] can check it
+//! and point at the offending line.
+//!
+//! Values that need parsing (addresses, durations, rates, names) are kept as strings here: a
+//! YAML scalar such as `100` or `1.5` deserializes into a `String` as written, so `rate: 100` and
+//! `rate: 100mbit` reach the same parser. Lists and sections are `Option` so that an empty
+//! `maps:` (YAML null) means the same as leaving it out.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::error::Position;
+
+/// A value with the position of its YAML node.
+pub(super) type S<T> = Spanned<T>;
+
+/// The position of a spanned value, or `None` if the parser could not tell.
+pub(super) fn position<T>(value: &S<T>) -> Option<Position> {
+    let location = value.referenced;
+    (location.line() > 0).then(|| Position {
+        line: location.line(),
+        column: location.column(),
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub name: Option<S<String>>,
+    pub listen: Option<S<String>>,
+    pub key: Option<S<String>>,
+    pub key_file: Option<S<String>>,
+    pub passphrase: Option<S<String>>,
+    pub profile: Option<S<String>>,
+    pub rate: Option<S<String>>,
+    pub congestion: Option<S<String>>,
+    pub mtu: Option<S<u64>>,
+    pub rtt: Option<RawRtt>,
+    pub shards: Option<S<String>>,
+    pub peers: Option<Vec<RawPeer>>,
+    pub maps: Option<Vec<RawMap>>,
+    pub allow: Option<Vec<RawAllow>>,
+    pub control: Option<RawControl>,
+    pub log: Option<RawLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRtt {
+    pub min: Option<S<String>>,
+    pub max: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPeer {
+    pub name: S<String>,
+    pub addr: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMap {
+    pub id: S<u32>,
+    pub listen: S<String>,
+    pub peer: S<String>,
+    pub proto: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAllow {
+    pub id: S<u32>,
+    pub target: S<String>,
+    pub proto: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawControl {
+    pub socket: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub level: Option<S<String>>,
+}

@@ -28,14 +28,15 @@ impl RangeSet {
         }
         // Fast path, the common case for packet numbers and stream offsets arriving in order:
         // the new range touches or overlaps the last stored one, so it only extends it.
-        if let Some(mut last) = self.map.last_entry() {
-            if *last.key() <= range.start && *last.get() >= range.start {
-                if *last.get() >= range.end {
-                    return false;
-                }
-                *last.get_mut() = range.end;
-                return true;
+        if let Some(mut last) = self.map.last_entry()
+            && *last.key() <= range.start
+            && *last.get() >= range.start
+        {
+            if *last.get() >= range.end {
+                return false;
             }
+            *last.get_mut() = range.end;
+            return true;
         }
         let (mut start, mut end) = (range.start, range.end);
         // The range starting at or before `start` may contain, overlap or touch the new one.
@@ -79,10 +80,10 @@ impl RangeSet {
         if range.is_empty() {
             return false;
         }
-        if let Some((_, &e)) = self.map.range(..=range.start).next_back() {
-            if e > range.start {
-                return true;
-            }
+        if let Some((_, &e)) = self.map.range(..=range.start).next_back()
+            && e > range.start
+        {
+            return true;
         }
         self.map.range(range.start..range.end).next().is_some()
     }
@@ -106,14 +107,14 @@ impl RangeSet {
         let mut removed = false;
         // A range starting before `range.start` may reach into it: cut its tail, keep any part
         // past `range.end`.
-        if let Some((&ps, &pe)) = self.map.range(..range.start).next_back() {
-            if pe > range.start {
-                removed = true;
-                self.map.insert(ps, range.start);
-                if pe > range.end {
-                    self.map.insert(range.end, pe);
-                    return true;
-                }
+        if let Some((&ps, &pe)) = self.map.range(..range.start).next_back()
+            && pe > range.start
+        {
+            removed = true;
+            self.map.insert(ps, range.start);
+            if pe > range.end {
+                self.map.insert(range.end, pe);
+                return true;
             }
         }
         while let Some((&s, &e)) = self.map.range(range.start..range.end).next() {

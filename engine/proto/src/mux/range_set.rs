@@ -76,13 +76,13 @@ impl RangeSet {
         if start >= end || self.map.is_empty() {
             return;
         }
-        if let Some((&ps, &pe)) = self.map.range(..start).next_back() {
-            if pe > start {
-                self.map.insert(ps, start);
-                if pe > end {
-                    self.map.insert(end, pe);
-                    return;
-                }
+        if let Some((&ps, &pe)) = self.map.range(..start).next_back()
+            && pe > start
+        {
+            self.map.insert(ps, start);
+            if pe > end {
+                self.map.insert(end, pe);
+                return;
             }
         }
         while let Some((&ns, &ne)) = self.map.range(start..end).next() {

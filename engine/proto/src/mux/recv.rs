@@ -125,10 +125,10 @@ impl RecvStream {
 
     /// Same for a stream end `end`, final if `fin` (also used for RESET's final size).
     pub(super) fn check_end(&self, id: StreamId, end: u64, fin: bool) -> Result<u64, MuxError> {
-        if let Some(final_size) = self.final_size {
-            if end > final_size || (fin && end != final_size) {
-                return Err(MuxError::FinalSize(id));
-            }
+        if let Some(final_size) = self.final_size
+            && (end > final_size || (fin && end != final_size))
+        {
+            return Err(MuxError::FinalSize(id));
         }
         if fin && end < self.highest {
             return Err(MuxError::FinalSize(id));

@@ -387,14 +387,14 @@ impl Streams {
                 }
             }
             SentFrame::Reset { id } => {
-                if let Some(s) = self.streams.get_mut(&id) {
-                    if matches!(
+                if let Some(s) = self.streams.get_mut(&id)
+                    && matches!(
                         s.send.state,
                         SendState::ResetPending { .. } | SendState::ResetSent { .. }
-                    ) {
-                        s.send.state = SendState::ResetAcked;
-                        self.maybe_close(id);
-                    }
+                    )
+                {
+                    s.send.state = SendState::ResetAcked;
+                    self.maybe_close(id);
                 }
             }
             SentFrame::Window { .. } => {}
@@ -421,11 +421,12 @@ impl Streams {
                 }
             }
             SentFrame::Open { id } => {
-                if let Some(s) = self.streams.get_mut(&id) {
-                    if s.open == OpenState::Sent && !s.send.is_reset() {
-                        s.open = OpenState::Queued;
-                        self.control.push_back(Control::Open(id));
-                    }
+                if let Some(s) = self.streams.get_mut(&id)
+                    && s.open == OpenState::Sent
+                    && !s.send.is_reset()
+                {
+                    s.open = OpenState::Queued;
+                    self.control.push_back(Control::Open(id));
                 }
             }
             SentFrame::Reset { id } => match self.streams.get_mut(&id) {
@@ -454,12 +455,13 @@ impl Streams {
             SentFrame::Window {
                 target: WindowTarget::Stream(id),
             } => {
-                if let Some(s) = self.streams.get_mut(&id) {
-                    if s.recv.wants_window() && !s.window_queued {
-                        s.window_queued = true;
-                        self.control
-                            .push_back(Control::Window(WindowTarget::Stream(id)));
-                    }
+                if let Some(s) = self.streams.get_mut(&id)
+                    && s.recv.wants_window()
+                    && !s.window_queued
+                {
+                    s.window_queued = true;
+                    self.control
+                        .push_back(Control::Window(WindowTarget::Stream(id)));
                 }
             }
         }
@@ -808,10 +810,10 @@ impl Streams {
                     }
                 }
                 Control::Reset(id) => {
-                    if let Some(s) = self.streams.get_mut(&id) {
-                        if let SendState::ResetPending { code, final_size } = s.send.state {
-                            s.send.state = SendState::ResetSent { code, final_size };
-                        }
+                    if let Some(s) = self.streams.get_mut(&id)
+                        && let SendState::ResetPending { code, final_size } = s.send.state
+                    {
+                        s.send.state = SendState::ResetSent { code, final_size };
                     }
                 }
                 Control::Window(WindowTarget::Session) => self.session_window_queued = false,

@@ -43,14 +43,13 @@ impl AckState {
             self.largest_time = Some(now);
         }
         // Keep the set small: anything this far below the largest is ancient history.
-        if let Some(l) = self.largest {
-            if self.received.len() > 4 * MAX_ACK_RANGES {
-                if let Some(min) = self.received.min() {
-                    let cut = l.saturating_sub(1 << 16).max(min);
-                    if cut > min {
-                        self.received.remove(min..cut);
-                    }
-                }
+        if let Some(l) = self.largest
+            && self.received.len() > 4 * MAX_ACK_RANGES
+            && let Some(min) = self.received.min()
+        {
+            let cut = l.saturating_sub(1 << 16).max(min);
+            if cut > min {
+                self.received.remove(min..cut);
             }
         }
         if !ack_eliciting {

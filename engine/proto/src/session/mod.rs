@@ -781,11 +781,11 @@ impl Session {
         let mut largest_ack_sent = None;
         if self.acks.has_pending() || ack_due {
             let delay = self.acks.ack_delay(now).as_micros() as u64;
-            if let Ok(n) = AckFrame::encode(&mut w, delay, self.acks.ranges(), MAX_ACK_RANGES) {
-                if n > 0 {
-                    largest_ack_sent = self.acks.largest();
-                    self.acks.on_ack_sent();
-                }
+            if let Ok(n) = AckFrame::encode(&mut w, delay, self.acks.ranges(), MAX_ACK_RANGES)
+                && n > 0
+            {
+                largest_ack_sent = self.acks.largest();
+                self.acks.on_ack_sent();
             }
         }
         let mut frames = std::mem::take(&mut self.scratch_frames);
@@ -806,7 +806,7 @@ impl Session {
                 self.ping_pending = false;
             }
             // Datagrams and streams take turns going first, so neither starves the other.
-            let datagrams_first = pn % 2 == 0;
+            let datagrams_first = pn.is_multiple_of(2);
             if datagrams_first {
                 self.write_datagrams(&mut w);
             }
@@ -821,13 +821,11 @@ impl Session {
             }
             self.probes = self.probes.saturating_sub(1);
         }
-        if send_close {
-            if let State::Closing { until, .. } = self.state {
-                self.state = State::Closing {
-                    until,
-                    close_sent: true,
-                };
-            }
+        if send_close && let State::Closing { until, .. } = self.state {
+            self.state = State::Closing {
+                until,
+                close_sent: true,
+            };
         }
         let body_len = w.len() - header_len;
         let (head, body) = out.split_at_mut(header_len);

@@ -251,11 +251,11 @@ impl Node for Peer {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        if let Some((remote, at)) = self.dial {
-            if now >= at {
-                self.dial = None;
-                self.endpoint.connect(now, remote);
-            }
+        if let Some((remote, at)) = self.dial
+            && now >= at
+        {
+            self.dial = None;
+            self.endpoint.connect(now, remote);
         }
         self.endpoint.handle_timeout(now);
     }
