@@ -6,9 +6,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::Context;
 use engine_api::config::{Config, ConfigError, Environment, SystemEnvironment};
 use engine_proto::crypto::{Psk, PskError};
 use tracing_subscriber::EnvFilter;
@@ -42,28 +41,6 @@ impl Environment for EngineEnvironment {
     }
 }
 
-/// A config file's path and contents, as read from disk.
-// Used by `run` until it loads the typed config with [`load`].
-#[derive(Debug)]
-pub(crate) struct ConfigFile {
-    /// The path as the user gave it, for messages ("reload", errors with line and column).
-    pub(crate) path: PathBuf,
-    /// The file's contents.
-    pub(crate) text: String,
-}
-
-impl ConfigFile {
-    /// Reads `path`, failing with a message that names the file and the reason.
-    pub(crate) fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        Ok(Self {
-            path: path.to_owned(),
-            text,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,9 +58,6 @@ mod tests {
         let message = load(&path).unwrap_err().to_string();
         assert!(message.contains(&path.display().to_string()), "{message}");
         assert!(message.contains("No such file or directory"), "{message}");
-
-        let message = format!("{:#}", ConfigFile::read(&path).unwrap_err());
-        assert!(message.contains(&path.display().to_string()), "{message}");
     }
 
     #[test]
@@ -91,7 +65,6 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.yaml");
         let config = load(&path).unwrap_or_else(|err| panic!("{err}"));
         assert_eq!(config.listen, Some("0.0.0.0:4000".parse().unwrap()));
-        assert!(ConfigFile::read(&path).unwrap().text.contains("listen:"));
     }
 
     #[test]

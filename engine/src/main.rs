@@ -95,7 +95,7 @@ fn init_tracing(log_level: Option<&str>, config_level: Option<&str>) {
 fn run(config_path: &Path, log_level: Option<&str>) -> anyhow::Result<ExitCode> {
     // The config is read before logging starts, because it names the log level; its errors go
     // to stderr like every other error.
-    let config = engine_api::config::Config::load(config_path)?;
+    let config = config::load(config_path)?;
     init_tracing(log_level, Some(&config.log.level));
     dataplane::run(config_path, config)?;
     Ok(ExitCode::SUCCESS)
