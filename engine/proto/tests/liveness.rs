@@ -328,6 +328,28 @@ fn resets_are_rate_limited() {
     assert!(drain(&mut quiet, t0).is_empty());
 }
 
+#[test]
+fn a_burst_for_one_forgotten_session_gets_one_reset() {
+    let mut ep = Endpoint::new(config(PSK, true), [3; 32]);
+    let t0 = std::time::Instant::now();
+    let id = SessionId::new(0, 42);
+    let mut count = |ep: &mut Endpoint, at, from: &str| {
+        for _ in 0..10 {
+            let mut p = data_packet(id, 1200);
+            ep.handle_datagram(at, addr(from), &mut p);
+        }
+        drain(ep, at).len()
+    };
+    assert_eq!(count(&mut ep, t0, A), 1);
+    // The same id from another address is another peer.
+    assert_eq!(count(&mut ep, t0, "127.0.0.1:3000"), 1);
+    assert_eq!(count(&mut ep, t0 + Duration::from_millis(100), A), 0);
+    // Later the peer may still be sending (the reset was lost): it gets another.
+    assert_eq!(count(&mut ep, t0 + Duration::from_millis(300), A), 1);
+    assert_eq!(ep.stats().resets_sent, 3);
+    assert_eq!(ep.stats().resets_rate_limited, 37);
+}
+
 // ---- dead paths ----
 
 #[test]
