@@ -333,7 +333,7 @@ fn a_burst_for_one_forgotten_session_gets_one_reset() {
     let mut ep = Endpoint::new(config(PSK, true), [3; 32]);
     let t0 = std::time::Instant::now();
     let id = SessionId::new(0, 42);
-    let mut count = |ep: &mut Endpoint, at, from: &str| {
+    let count = |ep: &mut Endpoint, at, from: &str| {
         for _ in 0..10 {
             let mut p = data_packet(id, 1200);
             ep.handle_datagram(at, addr(from), &mut p);
