@@ -413,3 +413,56 @@ fn an_idle_healthy_session_never_declares_its_path_dead() {
         "keepalives flowed"
     );
 }
+
+#[test]
+fn a_very_long_round_trip_gets_three_probe_timeouts_before_the_path_is_dead() {
+    let mut net = Net::new(config(PSK, false), config(PSK, true));
+    net.delay = Duration::from_millis(1500);
+    net.a.connect(net.now, addr(B));
+    assert!(net.run(Duration::from_secs(30), |n| n.connected()));
+    // Learn the 3 s round trip from a few keepalives.
+    net.run(Duration::from_secs(30), |_| false);
+    let id = only_session(&net.a).local_id();
+    let st = only_session(&net.a).stats();
+    assert!(st.rtt_smoothed >= Duration::from_secs(3), "{st:?}");
+    let dark = Rc::new(Cell::new(false));
+    let last_arrival = Rc::new(Cell::new(net.now));
+    let (d, l) = (dark.clone(), last_arrival.clone());
+    net.filter = Box::new(move |dg| {
+        if d.get() {
+            return false;
+        }
+        if dg.to == addr(A) {
+            l.set(l.get().max(dg.at));
+        }
+        true
+    });
+    net.run(Duration::from_secs(1), |_| false);
+    dark.set(true);
+    let s = net.a.session_mut(id).unwrap();
+    let stream = s.open_stream(1).unwrap();
+    s.write(stream, b"still there?").unwrap();
+    assert!(net.run(Duration::from_secs(60), |n| !closed(&n.events_a).is_empty()));
+    assert_eq!(closed(&net.events_a), [(id, CloseReason::PathDead)]);
+    // Three probe timeouts (each over the 3 s RTT) are more than the 8 s path timeout.
+    let silent = net.now - last_arrival.get();
+    assert!(silent >= Duration::from_secs(9), "dead after {silent:?}");
+}
+
+/// A round trip longer than the initial timeout is still measured: every early packet is
+/// declared lost before its ACK returns, so the sample must come from those late ACKs.
+#[test]
+fn a_round_trip_longer_than_the_initial_timeout_is_measured() {
+    let mut net = Net::new(config(PSK, false), config(PSK, true));
+    net.delay = Duration::from_millis(500);
+    net.a.connect(net.now, addr(B));
+    assert!(net.run(Duration::from_secs(10), |n| n.connected()));
+    net.run(Duration::from_secs(30), |_| false);
+    for ep in [&net.a, &net.b] {
+        let rtt = only_session(ep).stats().rtt_smoothed;
+        assert!(
+            rtt >= Duration::from_millis(900) && rtt <= Duration::from_millis(1100),
+            "{rtt:?}"
+        );
+    }
+}

@@ -487,6 +487,12 @@ impl Session {
                 // It arrived after all: the loss was spurious. Its frames were re-queued; the
                 // acknowledgement below cancels what was not re-sent yet.
                 self.stats.spurious_losses += 1;
+                // Packet numbers are never reused, so the sample is exact. Without it a path
+                // whose RTT exceeds the initial timeout would never be measured: every packet
+                // would be declared lost before its ACK came back.
+                if pn == ack.largest {
+                    rtt_sample = Some(now.saturating_duration_since(p.time));
+                }
                 for f in self.sent.frames(&p) {
                     self.streams.on_frame_acked(f);
                 }
