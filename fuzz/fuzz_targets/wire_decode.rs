@@ -1,13 +1,15 @@
-//! The wire parsers: any bytes must parse as a packet header and a sequence of frames, or be
-//! rejected, without a panic; whatever parses must encode back to something that parses to the
-//! same value, and ACK ranges must come out non-empty, descending and disjoint.
+//! The wire parsers: any bytes must parse as a packet header and a sequence of frames, as a
+//! stateless reset, or as handshake parameters, or be rejected, without a panic; whatever
+//! parses must encode back to something that parses to the same value, and ACK ranges must
+//! come out non-empty, descending and disjoint.
 
 #![no_main]
 
 use std::ops::Range;
 
 use engine_proto::wire::{
-    AckFrame, Frame, FrameIter, Header, StreamFrameHeader, Writer, decode_packet_number,
+    AckFrame, Frame, FrameIter, HandshakeParams, Header, MAX_NODE_NAME_LEN, PacketType,
+    StatelessReset, StreamFrameHeader, Writer, decode_packet_number,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -25,6 +27,9 @@ fuzz_target!(|data: &[u8]| {
         // Not a packet: still a good frame parser input.
         Err(_) => data,
     };
+
+    check_reset(data);
+    check_params(data);
 
     let mut frames = FrameIter::new(payload);
     for frame in frames.by_ref() {
@@ -44,6 +49,37 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 });
+
+fn check_reset(data: &[u8]) {
+    let Ok(reset) = StatelessReset::parse(data) else {
+        return;
+    };
+    let Ok((header, _)) = Header::parse(data) else {
+        panic!("a reset without a header");
+    };
+    assert_eq!(header.ty, PacketType::StatelessReset);
+    let mut buf = [0u8; StatelessReset::LEN];
+    reset
+        .emit(&mut Writer::new(&mut buf))
+        .expect("a reset fits its length");
+    assert_eq!(StatelessReset::parse(&buf), Ok(reset));
+    // Everything but the key-phase bit (ignored in resets) and trailing bytes re-encodes.
+    assert_eq!(buf[0], data[0] & !0x10);
+    assert_eq!(buf[1..], data[1..StatelessReset::LEN]);
+}
+
+fn check_params(data: &[u8]) {
+    let Ok(params) = HandshakeParams::decode(data) else {
+        return;
+    };
+    assert!(params.name.is_none_or(|n| n.len() <= MAX_NODE_NAME_LEN));
+    let mut out = Vec::new();
+    params.encode(&mut out).expect("decoded parameters encode");
+    assert_eq!(out.len(), params.encoded_len());
+    assert_eq!(HandshakeParams::decode(&out), Ok(params));
+    // Re-encoding drops unknown parameters but keeps the session id.
+    assert_eq!(out[..4], data[..4]);
+}
 
 fn check_ack(ack: &AckFrame<'_>) {
     let ranges: Vec<Range<u64>> = ack.ranges().collect();

@@ -119,11 +119,12 @@ impl Default for SessionConfig {
             keepalive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             // 8 s: with the RTO capped at 3 s a stalled sender probes at least twice more (two
-            // packets each time) after the unanswered packet before giving up, so on a link
-            // that still delivers, even at 30 % loss each way, a false alarm needs five
-            // round trips in a row to fail (about 3 %, and only when a whole flight was lost
-            // at once). A real outage is reported in 8 s, a fraction of the 60 s idle timeout
-            // that the dataplane would otherwise wait before re-dialling.
+            // packets each time) after the unanswered packet before giving up, so a false alarm
+            // on a link that still delivers needs the packet and every probe, or all their
+            // ACKs, to be lost, and the clock restarts at every arrival while data flows. (The
+            // sim tests hold sessions at 5 % loss / 100 ms RTT and 20 % loss / 300 ms RTT for
+            // minutes, busy and idle.) A real outage is reported in 8 s, a fraction of the
+            // 60 s idle timeout the dataplane would otherwise wait before dialling again.
             path_timeout: Duration::from_secs(8),
             handshake_timeout: Duration::from_secs(10),
             rekey: RekeyLimits::default(),

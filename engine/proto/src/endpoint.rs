@@ -88,13 +88,20 @@ pub struct EndpointStats {
     pub refused_sessions: u64,
     /// Stateless resets sent in answer to data packets for unknown sessions.
     pub resets_sent: u64,
-    /// Resets not sent because of [`EndpointConfig::resets_per_sec`].
+    /// Resets not sent because of [`EndpointConfig::resets_per_sec`], or because the same
+    /// address was sent a reset for the same id moments ago (a burst in flight).
     pub resets_rate_limited: u64,
     /// Valid resets received: each closed a session with [`CloseReason::PeerReset`].
     pub resets_received: u64,
     /// Resets that matched no session (unknown id, wrong sender address) or had a wrong token.
     pub resets_invalid: u64,
 }
+
+/// A peer that just got a reset for an id gets no second one for it this soon: the rest of a
+/// burst it sent before the reset arrived would otherwise use up the rate limit.
+const RESET_REPEAT_INTERVAL: Duration = Duration::from_millis(250);
+/// How many recent resets are remembered for that.
+const RECENT_RESETS: usize = 64;
 
 /// The payload carried inside our Noise messages.
 fn encode_params(id: SessionId, name: Option<&str>) -> Vec<u8> {
@@ -167,6 +174,8 @@ pub struct Endpoint {
     reset_key: ResetKey,
     /// Start of the current one-second reset window and the resets sent in it.
     reset_window: Option<(Instant, u32)>,
+    /// Recently sent resets: (to, id, when).
+    recent_resets: VecDeque<(SocketAddr, SessionId, Instant)>,
     outgoing: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<Event>,
     /// Round-robin position for output fairness between sessions.
@@ -188,6 +197,7 @@ impl Endpoint {
             answered: BTreeMap::new(),
             by_remote: BTreeSet::new(),
             reset_window: None,
+            recent_resets: VecDeque::new(),
             outgoing: VecDeque::new(),
             events: VecDeque::new(),
             cursor: None,
@@ -403,6 +413,14 @@ impl Endpoint {
         if trigger_len < StatelessReset::MIN_TRIGGER_LEN || unknown == SessionId::NONE {
             return;
         }
+        let repeat = self
+            .recent_resets
+            .iter()
+            .any(|&(a, id, at)| a == to && id == unknown && now < at + RESET_REPEAT_INTERVAL);
+        if repeat {
+            self.stats.resets_rate_limited += 1;
+            return;
+        }
         let window_open = self
             .reset_window
             .is_some_and(|(start, _)| now < start + Duration::from_secs(1));
@@ -417,6 +435,10 @@ impl Endpoint {
             return;
         }
         *sent += 1;
+        if self.recent_resets.len() == RECENT_RESETS {
+            self.recent_resets.pop_front();
+        }
+        self.recent_resets.push_back((to, unknown, now));
         let reset = StatelessReset {
             session_id: unknown,
             token: self.reset_key.token(unknown),

@@ -1,5 +1,6 @@
 //! Session lifecycle over the simulated network: key updates under load, keepalive, the peer
-//! going away, orderly close, the fixed-rate controller and every profile.
+//! going away, orderly close, the fixed-rate controller and every profile, a restarted peer
+//! (stateless reset) and dead paths.
 
 mod harness;
 
@@ -7,9 +8,9 @@ use std::time::Duration;
 
 use engine_proto::arq::RateControlConfig;
 use engine_proto::crypto::RekeyLimits;
-use engine_proto::{CloseReason, Profile, SessionConfig, SessionEvent};
+use engine_proto::{CloseReason, EndpointConfig, Profile, SessionConfig, SessionEvent};
 use engine_sim::{LinkConfig, RunOutcome};
-use harness::{CLIENT, Pair, SERVER, addr};
+use harness::{CLIENT, Pair, Peer, SERVER, addr};
 
 fn lossy() -> LinkConfig {
     LinkConfig::new()
@@ -192,6 +193,137 @@ fn every_profile_delivers_exactly_over_a_lossy_link() {
             pair.sim.node(s).errors.is_empty(),
             "{profile:?}: {:?}",
             pair.sim.node(s).errors
+        );
+    }
+}
+
+#[test]
+fn a_restarted_server_resets_the_client_within_a_round_trip_and_a_redial_succeeds() {
+    let link = LinkConfig::new().delay(Duration::from_millis(30));
+    let rtt = Duration::from_millis(60);
+    let config = SessionConfig::default();
+    let mut pair = Pair::new(13, config.clone(), link.clone(), link);
+    let (c, s) = (pair.client, pair.server);
+    pair.sim.node_mut(c).plan.push((1, 1 << 20));
+    pair.run(Duration::from_secs(10), |_, s| s.all_received(1, 1 << 20));
+    let old = pair.sim.node(c).session.expect("connected");
+    // The server process is replaced: same key, new seed, no sessions.
+    let mut server_config = EndpointConfig::new(harness::psk());
+    server_config.session = config;
+    *pair.sim.node_mut(s) = Peer::new(server_config, 1234);
+    // The client has something to send; its first packet is answered with a reset.
+    pair.sim.node_mut(c).plan.push((2, 1 << 20));
+    let restarted = pair.sim.now();
+    let outcome = pair.run(Duration::from_secs(10), |c, _| !c.closed.is_empty());
+    assert_eq!(outcome, RunOutcome::Done);
+    let client = pair.sim.node(c);
+    assert_eq!(
+        client.closed,
+        vec![SessionEvent::Closed(CloseReason::PeerReset)]
+    );
+    assert!(
+        pair.sim.now() - restarted <= rtt + Duration::from_millis(10),
+        "reset after {:?}",
+        pair.sim.now() - restarted
+    );
+    assert_eq!(client.endpoint.sessions().count(), 0);
+    assert_eq!(client.endpoint.stats().resets_received, 1);
+    // The rest of the client's burst in flight got no more resets.
+    assert_eq!(pair.sim.node(s).endpoint.stats().resets_sent, 1);
+    // Dial again: the new session carries data to the new server.
+    let now = pair.sim.now();
+    let client = pair.sim.node_mut(c);
+    client.dial = Some((addr(SERVER), now));
+    // Streams of the old session are gone with it.
+    client.outgoing.clear();
+    client.incoming.clear();
+    client.plan.push((3, 1 << 20));
+    let outcome = pair.run(Duration::from_secs(10), |c, s| {
+        c.session.is_some_and(|id| id != old) && s.all_received(1, 1 << 20)
+    });
+    assert_eq!(outcome, RunOutcome::Done);
+    assert!(pair.sim.node(s).errors.is_empty());
+}
+
+#[test]
+fn a_path_that_goes_dark_is_declared_dead_long_before_the_idle_timeout() {
+    let link = LinkConfig::new()
+        .rate_bps(20_000_000)
+        .delay(Duration::from_millis(50));
+    let config = SessionConfig::default();
+    let path_timeout = config.path_timeout;
+    let mut pair = Pair::new(17, config, link.clone(), link);
+    let (c, s) = (pair.client, pair.server);
+    pair.sim.node_mut(c).plan.push((1, u64::MAX / 4));
+    pair.run(Duration::from_secs(3), |_, _| false);
+    assert!(pair.sim.node(s).incoming.values().any(|i| i.received > 0));
+    let dark = LinkConfig::new().loss(1.0);
+    pair.sim.set_path(addr(CLIENT), addr(SERVER), dark);
+    let start = pair.sim.now();
+    let outcome = pair.run(Duration::from_secs(30), |c, s| {
+        !c.closed.is_empty() && !s.closed.is_empty()
+    });
+    assert_eq!(outcome, RunOutcome::Done);
+    let took = pair.sim.now() - start;
+    for id in [c, s] {
+        assert_eq!(
+            pair.sim.node(id).closed,
+            vec![SessionEvent::Closed(CloseReason::PathDead)]
+        );
+        assert_eq!(pair.sim.node(id).endpoint.sessions().count(), 0);
+    }
+    // The sender notices path_timeout after the last ACK; the idle receiver only once its
+    // keepalive went unanswered that long.
+    let keepalive = SessionConfig::default().keepalive;
+    assert!(
+        took <= keepalive + path_timeout + Duration::from_millis(200),
+        "{took:?}"
+    );
+}
+
+/// Data keeps flowing over a lossy, long link for minutes: no false alarm.
+#[test]
+fn a_lossy_long_path_that_still_delivers_is_never_declared_dead() {
+    for (loss, rtt_ms, secs) in [(0.05, 100, 120), (0.2, 300, 120)] {
+        let link = LinkConfig::new()
+            .rate_bps(10_000_000)
+            .delay(Duration::from_millis(rtt_ms / 2))
+            .loss(loss);
+        let mut pair = Pair::new(19, SessionConfig::default(), link.clone(), link);
+        let (c, s) = (pair.client, pair.server);
+        pair.sim.node_mut(c).plan.push((1, u64::MAX / 4));
+        pair.run(Duration::from_secs(secs), |c, s| {
+            !c.closed.is_empty() || !s.closed.is_empty()
+        });
+        for id in [c, s] {
+            assert!(
+                pair.sim.node(id).closed.is_empty(),
+                "loss {loss}, RTT {rtt_ms} ms: {:?}",
+                pair.sim.node(id).closed
+            );
+        }
+        let received: u64 = pair.sim.node(s).incoming.values().map(|i| i.received).sum();
+        assert!(received > 1 << 20, "loss {loss}: only {received} bytes");
+    }
+}
+
+/// An idle session over a lossy, long link keeps itself alive with keepalives alone.
+#[test]
+fn an_idle_lossy_long_path_is_never_declared_dead() {
+    let link = LinkConfig::new()
+        .delay(Duration::from_millis(150))
+        .loss(0.2);
+    let mut pair = Pair::new(23, SessionConfig::default(), link.clone(), link);
+    let (c, s) = (pair.client, pair.server);
+    pair.run(Duration::from_secs(600), |c, s| {
+        !c.closed.is_empty() || !s.closed.is_empty()
+    });
+    for id in [c, s] {
+        assert!(pair.sim.node(id).connected_at.is_some());
+        assert!(
+            pair.sim.node(id).closed.is_empty(),
+            "{:?}",
+            pair.sim.node(id).closed
         );
     }
 }

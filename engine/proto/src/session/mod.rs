@@ -135,8 +135,9 @@ pub struct Session {
     created: Instant,
     last_received: Instant,
     last_sent: Instant,
-    /// When the first ack-eliciting packet since the last authenticated arrival was sent: the
-    /// path-dead timer runs from there.
+    /// Since when ack-eliciting packets have gone unanswered: the later of the last
+    /// authenticated arrival and the first ack-eliciting packet sent after it. The path-dead
+    /// timer runs from there.
     unanswered_since: Option<Instant>,
     peer_name: Option<String>,
     stats: SessionStats,
@@ -372,7 +373,6 @@ impl Session {
         self.stats.packets_received += 1;
         self.stats.bytes_received += packet_len(header_len, plain.len());
         self.last_received = now;
-        self.unanswered_since = None;
         if from != self.remote && self.acks.largest().is_none_or(|l| pn > l) {
             // The peer's NAT rebound (or it moved); it proved itself by authenticating, and
             // only the newest packet counts, so a delayed or re-sent old one cannot redirect us.
@@ -409,6 +409,9 @@ impl Session {
                 break;
             }
         }
+        // A sign of life: the path-dead clock restarts now if something is still waiting for
+        // an answer, else with the next ack-eliciting packet.
+        self.unanswered_since = (self.sent.ack_eliciting_in_flight > 0).then_some(now);
     }
 
     fn handle_frame(&mut self, now: Instant, frame: Frame<'_>) {
@@ -484,6 +487,12 @@ impl Session {
                 // It arrived after all: the loss was spurious. Its frames were re-queued; the
                 // acknowledgement below cancels what was not re-sent yet.
                 self.stats.spurious_losses += 1;
+                // Packet numbers are never reused, so the sample is exact. Without it a path
+                // whose RTT exceeds the initial timeout would never be measured: every packet
+                // would be declared lost before its ACK came back.
+                if pn == ack.largest {
+                    rtt_sample = Some(now.saturating_duration_since(p.time));
+                }
                 for f in self.sent.frames(&p) {
                     self.streams.on_frame_acked(f);
                 }
