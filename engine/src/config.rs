@@ -45,7 +45,7 @@ impl Environment for EngineEnvironment {
 mod tests {
     use super::*;
 
-    fn temp_path(name: &str) -> PathBuf {
+    fn temp_path(name: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!(
             "coretun-engine-config-{}-{name}",
             std::process::id()

@@ -110,3 +110,81 @@ fn usage_errors_exit_2() {
         assert!(!stderr(&out).is_empty());
     }
 }
+
+/// The README's quick start runs the shipped config as is. A test must not take the fixed port
+/// 4000 or the system's socket path, so only those two values are swapped for a free port and a
+/// temporary path; everything else (key, allow list, profile, shards) is the shipped text.
+#[test]
+fn shipped_config_runs_until_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let shipped = std::fs::read_to_string(shipped_config()).unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = missing_path("shipped");
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("engine.sock");
+    let text = shipped
+        .replacen(
+            "listen: 0.0.0.0:4000",
+            &format!("listen: 127.0.0.1:{port}"),
+            1,
+        )
+        .replacen(
+            "socket: /run/coretun/engine.sock",
+            &format!("socket: {}", socket.display()),
+            1,
+        );
+    assert_ne!(
+        text, shipped,
+        "the shipped config changed shape; update this test"
+    );
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, text).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["-c", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let ready = loop {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => {
+                let ready = line.contains("engine ready");
+                log.push(line);
+                if ready {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    if !ready {
+        let _ = child.kill();
+    }
+    assert!(ready, "no `engine ready` line:\n{}", log.join("\n"));
+    assert!(socket.exists(), "the control socket was not created");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status.code(), Some(0), "log:\n{}", log.join("\n"));
+}

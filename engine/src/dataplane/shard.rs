@@ -82,6 +82,9 @@ pub(crate) struct Shard {
     pub(crate) tcp_bufs: BufRing,
     recv_header: RecvHeader,
     udp_recv_armed: bool,
+    // Boxed: the kernel holds pointers into a slot (its message header points at its own
+    // fields) until the send completes, so a slot must never move.
+    #[allow(clippy::vec_box)]
     slots: Vec<Box<SendSlot>>,
     free_slots: Vec<usize>,
     gso: bool,
@@ -225,7 +228,13 @@ impl Shard {
         .min()
         // With every send slot busy the endpoint's pacing deadline cannot be acted on before a
         // send completes: wait for that completion instead of spinning.
-        .map(|d| if self.free_slots.is_empty() { d.max(now + Duration::from_millis(1)) } else { d });
+        .map(|d| {
+            if self.free_slots.is_empty() {
+                d.max(now + Duration::from_millis(1))
+            } else {
+                d
+            }
+        });
         let result = match deadline {
             Some(deadline) => {
                 let wait = deadline.saturating_duration_since(now);
