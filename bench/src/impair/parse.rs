@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use engine_api::config::{parse_bits_per_sec, parse_duration};
+
 /// A probability given as a fraction (`0.05`) or a percentage (`5%`), within 0..=1.
 pub fn probability(s: &str) -> Result<f64, String> {
     let s = s.trim();
@@ -15,47 +17,24 @@ pub fn probability(s: &str) -> Result<f64, String> {
     Ok(p)
 }
 
-/// A duration with a unit: `ns`, `us`, `ms`, `s` (`20ms`, `1.5s`); a bare `0` is zero.
+/// A duration with a unit: `ns`, `us`, `ms`, `s` (`20ms`, `1.5s`); a bare `0` is zero. Read by
+/// the config's own parser, so a duration means the same on a command line and in a config.
 pub fn duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    let split = s
-        .find(|c: char| c.is_ascii_alphabetic())
-        .ok_or_else(|| format!("duration {s:?} needs a unit (ns, us, ms, s)"))?;
-    let (value, unit) = s.split_at(split);
-    let scale = match unit {
-        "ns" => 1e-9,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        _ => return Err(format!("unknown duration unit {unit:?} (ns, us, ms, s)")),
-    };
-    let secs = number(value)? * scale;
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("duration {s:?}: {e}"))
+    parse_duration(s).ok_or_else(|| {
+        format!("duration {s:?} is not a positive number with a unit (ns, us, ms, s)")
+    })
 }
 
 /// A rate in bits per second: `100mbit`, `1gbit`, `500kbit`, `64bit` or a bare number of bits
-/// (decimal multiples, as in `tc`).
+/// (decimal multiples, as in `tc`), read by the config's own parser.
 pub fn rate(s: &str) -> Result<u64, String> {
-    let lower = s.trim().to_ascii_lowercase();
-    let (value, scale) = if let Some(v) = lower.strip_suffix("gbit") {
-        (v, 1e9)
-    } else if let Some(v) = lower.strip_suffix("mbit") {
-        (v, 1e6)
-    } else if let Some(v) = lower.strip_suffix("kbit") {
-        (v, 1e3)
-    } else if let Some(v) = lower.strip_suffix("bit") {
-        (v, 1.0)
-    } else {
-        (lower.as_str(), 1.0)
-    };
-    let bits = number(value)? * scale;
-    if !(1.0..=u64::MAX as f64).contains(&bits) {
-        return Err(format!("rate {s:?} must be at least 1 bit/s"));
-    }
-    Ok(bits as u64)
+    parse_bits_per_sec(s).ok_or_else(|| {
+        format!("rate {s:?} is not a positive number of bits/s (optionally kbit, mbit, gbit)")
+    })
 }
 
 fn number(s: &str) -> Result<f64, String> {

@@ -731,6 +731,16 @@ fn split_unit(text: &str) -> (&str, &str) {
 /// A `rate:` in bits per second (plain, or with a decimal `kbit`/`mbit`/`gbit` suffix as in
 /// tc), returned in bytes per second. Zero and anything below one byte per second is rejected.
 pub(super) fn parse_rate(text: &str) -> Option<u64> {
+    parse_bits_per_sec(text)
+        .map(|bits| bits / 8)
+        .filter(|&bytes| bytes > 0)
+}
+
+/// A rate in bits per second, spelled as tc does: a plain number of bits, or a decimal with a
+/// `bit`, `kbit`, `mbit` or `gbit` suffix (`100mbit`, `12.5mbit`); `None` for zero or anything
+/// else. Shared with the tools in `bench/` so every rate on a command line or in a config reads
+/// the same way.
+pub fn parse_bits_per_sec(text: &str) -> Option<u64> {
     let (number, unit) = split_unit(text.trim());
     let scale: u128 = match unit.to_ascii_lowercase().as_str() {
         "" | "bit" => 1,
@@ -739,12 +749,12 @@ pub(super) fn parse_rate(text: &str) -> Option<u64> {
         "gbit" => 1_000_000_000,
         _ => return None,
     };
-    let bytes = scaled_decimal(number, scale)? / 8;
-    u64::try_from(bytes).ok().filter(|&bytes| bytes > 0)
+    let bits = scaled_decimal(number, scale)?;
+    u64::try_from(bits).ok().filter(|&bits| bits > 0)
 }
 
 /// A positive duration with a unit: `500us`, `10ms`, `1.5s` (also `ns`).
-pub(super) fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let (number, unit) = split_unit(text.trim());
     let scale: u128 = match unit {
         "ns" => 1,

@@ -23,6 +23,7 @@ pub use convert::{
     DEFAULT_LOG_LEVEL, DEFAULT_MTU, Environment, MAX_NAME_LEN, MAX_SHARDS, MTU_RANGE,
     SystemEnvironment, check_log_filter,
 };
+pub use convert::{parse_bits_per_sec, parse_duration};
 pub use error::{ConfigError, Position};
 
 /// Where the engine listens for control connections unless the config says otherwise.
