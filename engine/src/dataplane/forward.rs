@@ -173,7 +173,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(index, token.generation) else {
             return;
         };
-        conn.inflight -= 1;
+        conn.inflight = conn.inflight.saturating_sub(1);
         if conn.state != ConnState::Connecting {
             self.maybe_free(index);
             return;
@@ -198,7 +198,7 @@ impl Shard {
     pub(crate) fn on_conn_op_done(&mut self, token: Token) {
         let index = token.index as usize;
         if let Some(conn) = self.conns.get_mut(index, token.generation) {
-            conn.inflight -= 1;
+            conn.inflight = conn.inflight.saturating_sub(1);
             self.maybe_free(index);
         }
     }
@@ -236,7 +236,7 @@ impl Shard {
             }
             return;
         };
-        conn.inflight -= 1;
+        conn.inflight = conn.inflight.saturating_sub(1);
         conn.recv_armed = false;
         let stream = conn.stream.filter(|_| conn.state == ConnState::Open);
         match (result, bid, stream) {
@@ -381,7 +381,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(index, token.generation) else {
             return;
         };
-        conn.inflight -= 1;
+        conn.inflight = conn.inflight.saturating_sub(1);
         conn.send_inflight = false;
         if conn.state != ConnState::Open {
             self.maybe_free(index);

@@ -180,7 +180,7 @@ impl Shard {
         self.peers.peers[p].wait_deadline = next;
     }
 
-    pub(crate) fn on_session_connected(&mut self, session_id: SessionId) {
+    pub(crate) fn on_session_connected(&mut self, now: Instant, session_id: SessionId) {
         let Some(session) = self.endpoint.session(session_id) else {
             return;
         };
@@ -219,7 +219,7 @@ impl Shard {
             // The peer reconnected (it restarted, or its address changed): the new session wins.
             self.peers.by_session.remove(&old);
             if let Some(session) = self.endpoint.session_mut(old) {
-                session.close(std::time::Instant::now(), 0, b"replaced by a new session");
+                session.close(now, 0, b"replaced by a new session");
             }
         }
         let waiting = std::mem::take(&mut self.peers.peers[p].waiting);
@@ -272,7 +272,7 @@ impl Shard {
     pub(crate) fn handle_endpoint_events(&mut self, now: Instant) {
         while let Some(event) = self.endpoint.poll_event() {
             match event.kind {
-                SessionEvent::Connected => self.on_session_connected(event.session),
+                SessionEvent::Connected => self.on_session_connected(now, event.session),
                 SessionEvent::Stream(stream_event) => {
                     self.on_stream_event(event.session, stream_event)
                 }
