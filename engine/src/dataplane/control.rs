@@ -43,8 +43,10 @@ pub(crate) struct ShardHandle {
 impl ShardHandle {
     /// A handle and the shard's ends: its receiver and its eventfd.
     pub(crate) fn new() -> io::Result<(Self, Receiver<ShardMsg>, Arc<OwnedFd>)> {
+        // Blocking: a ring read of a non-blocking eventfd may complete with EAGAIN on some
+        // kernels instead of waiting. Writes never block (the counter cannot overflow here).
         // SAFETY: eventfd(2) returns a new descriptor or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -34,6 +34,8 @@ pub(crate) mod reset_code {
 
 /// How long a connect to an `allow` target may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a listener rests after running out of descriptors or memory.
+pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long a connection accepted on a map waits for its peer's session to come up.
 pub(crate) const SESSION_WAIT: Duration = Duration::from_secs(10);
 
@@ -43,8 +45,16 @@ impl Shard {
             if let Some(l) = self.listeners.get_mut(listener) {
                 l.armed = false;
             }
-            if result != -libc::ECANCELED {
-                self.arm_accept(listener);
+            match -result {
+                libc::ECANCELED => {}
+                // Out of descriptors or memory: the pending connection stays in the backlog, so
+                // accepting again at once would fail at once. Try again a little later.
+                libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS => {
+                    if let Some(l) = self.listeners.get_mut(listener) {
+                        l.retry_at = Some(now + ACCEPT_RETRY);
+                    }
+                }
+                _ => self.arm_accept(listener),
             }
         }
         if result < 0 {
@@ -103,7 +113,15 @@ impl Shard {
                 tracing::warn!(shard = self.index, map = %map, %err, "cannot open a stream; closing the connection");
                 self.abort(index, None);
             }
-            None => self.abort(index, None),
+            None => {
+                // The session ended in this very round (its Closed event is still queued): wait
+                // for the redial like any connection that arrives between sessions.
+                if let ConnState::WaitingSession { peer, deadline } = conn.state {
+                    self.peers.wait(peer, index, deadline);
+                } else {
+                    self.abort(index, None);
+                }
+            }
         }
     }
 
@@ -260,7 +278,11 @@ impl Shard {
                     }
                 }
             }
-            (0, _, Some((session_id, stream))) => {
+            (0, bid, Some((session_id, stream))) => {
+                // Some kernels hand a buffer even to a zero-byte (end-of-stream) receive.
+                if let Some(bid) = bid {
+                    self.tcp_bufs.recycle(bid);
+                }
                 conn.rx_done = true;
                 if let Some(session) = self.endpoint.session_mut(session_id) {
                     let _ = session.finish(stream);
@@ -272,9 +294,8 @@ impl Shard {
                     self.tcp_bufs.recycle(bid);
                 }
                 match -n {
-                    libc::ENOBUFS => self.starved.push(index),
-                    libc::ECANCELED => self.maybe_free(index),
-                    _ if n < 0 => {
+                    libc::ENOBUFS if conn.state == ConnState::Open => self.starved.push(index),
+                    _ if n < 0 && conn.state == ConnState::Open => {
                         tracing::debug!(shard = self.index, map = %conn.map, err = %io::Error::from_raw_os_error(-n), "connection failed");
                         self.abort(index, Some(reset_code::CONNECTION_RESET));
                     }
@@ -440,7 +461,6 @@ impl Shard {
             if let Some(conn) = self.conns.by_index(index) {
                 conn.stream = None;
             }
-            self.streams.retain(|_, i| *i != index);
             self.abort(index, None);
         }
     }

@@ -16,7 +16,7 @@ use io_uring::IoUring;
 use io_uring::types::BufRingEntry;
 
 /// Submission queue size. Completions are reaped every loop iteration, and the completion
-/// queue is twice this, so bursts of multishot completions do not overflow it.
+/// queue is four times this, so bursts of multishot completions do not overflow it.
 const RING_ENTRIES: u32 = 1024;
 
 /// Builds a ring tuned for one thread that both submits and reaps (no kernel-side polling
@@ -89,6 +89,7 @@ pub(crate) struct Token {
 
 impl Token {
     pub(crate) fn new(op: Op, index: usize, generation: u32) -> Self {
+        debug_assert!(index < 1 << 24, "object indices fit in 24 bits");
         Self {
             op,
             index: index as u32 & 0x00ff_ffff,
@@ -160,8 +161,8 @@ impl BufRing {
             size,
             memory: vec![0; usize::from(count) * size].into_boxed_slice(),
         };
-        // SAFETY: the mapping lives as long as `this`, which unregisters it on drop (and the
-        // ring outlives the BufRing: the shard drops its buffer rings first).
+        // SAFETY: the mapping lives as long as `this`; a shard never drops its buffer rings
+        // while its ring can still use them (it leaks them on exit).
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 this.entries.as_ptr() as u64,
@@ -226,8 +227,8 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: our own mapping. The ring is torn down (or the group unregistered) by then, so
-        // the kernel no longer reads it.
+        // SAFETY: our own mapping, dropped only when no ring uses it (a shard leaks its buffer
+        // rings on exit).
         unsafe {
             libc::munmap(self.entries.as_ptr().cast(), self.entries_len);
         }

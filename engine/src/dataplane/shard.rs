@@ -68,11 +68,12 @@ pub(crate) struct Listener {
     /// Index into the config's `maps`.
     pub(crate) map: usize,
     pub(crate) armed: bool,
+    /// When to accept again after a resource error.
+    pub(crate) retry_at: Option<Instant>,
 }
 
 pub(crate) struct Shard {
-    // Declared first so it is dropped first: the kernel stops using the buffer rings and send
-    // slots before their memory goes.
+    /// Never dropped while operations are in flight: [`Shard::run`] leaks the shard on exit.
     pub(crate) ring: IoUring,
     pub(crate) index: usize,
     pub(crate) config: Arc<Config>,
@@ -127,6 +128,7 @@ impl Shard {
                 fd,
                 map: i,
                 armed: false,
+                retry_at: None,
             });
         }
         let udp_bufs = BufRing::new(
@@ -188,6 +190,16 @@ impl Shard {
 
     /// Runs until told to shut down.
     pub(crate) fn run(mut self) -> io::Result<()> {
+        let result = self.run_loop();
+        // Operations may still be in flight (the multishot receive, the wake read, sends cut
+        // off by the grace period), and closing the ring does not stop the kernel from using
+        // their buffers at once: leak the shard's memory rather than free it under the kernel.
+        // The process exits right after its shards stop.
+        std::mem::forget(self);
+        result
+    }
+
+    fn run_loop(&mut self) -> io::Result<()> {
         let now = Instant::now();
         self.arm_udp_recv();
         self.arm_wake();
@@ -204,6 +216,7 @@ impl Shard {
             self.handle_endpoint_events(now);
             self.peers_timers(now);
             self.rearm_starved();
+            self.retry_accepts(now);
             self.flush_transmits(now);
             if let Some(at) = self.shutdown_at {
                 let drained = self.free_slots.len() == self.slots.len()
@@ -221,6 +234,7 @@ impl Shard {
         let deadline = [
             self.endpoint.poll_timeout(),
             self.peers_deadline(),
+            self.listeners.iter().filter_map(|l| l.retry_at).min(),
             self.shutdown_at,
         ]
         .into_iter()
@@ -327,6 +341,16 @@ impl Shard {
             .build()
             .user_data(Token::new(Op::Accept, i, 0).to_user_data());
         self.push(entry);
+    }
+
+    /// Listeners that rested after a resource error accept again.
+    fn retry_accepts(&mut self, now: Instant) {
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].retry_at.is_some_and(|t| t <= now) && self.shutdown_at.is_none() {
+                self.listeners[i].retry_at = None;
+                self.arm_accept(i);
+            }
+        }
     }
 
     /// Drains the completion queue and dispatches every completion.
