@@ -14,7 +14,7 @@ pub(crate) fn status(out: &mut impl Write, status: &Status) -> io::Result<()> {
 }
 
 pub(crate) fn stats(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
-    let rows: [(&str, String); 11] = [
+    let rows: [(&str, String); 18] = [
         ("uptime", duration(stats.uptime_secs)),
         ("sessions", stats.sessions.to_string()),
         ("streams", stats.streams.to_string()),
@@ -32,6 +32,16 @@ pub(crate) fn stats(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
             stats.frames_recovered_fec.to_string(),
         ),
         ("packets rejected", stats.packets_rejected.to_string()),
+        ("bytes retransmitted", bytes(stats.bytes_retransmitted)),
+        ("send errors", stats.send_errors.to_string()),
+        (
+            "connections accepted",
+            stats.connections_accepted.to_string(),
+        ),
+        ("streams connected", stats.streams_connected.to_string()),
+        ("streams refused", stats.streams_refused.to_string()),
+        ("connects failed", stats.connects_failed.to_string()),
+        ("sessions closed", stats.sessions_closed.to_string()),
     ];
     for (name, value) in rows {
         writeln!(out, "{name:<24}{value}")?;

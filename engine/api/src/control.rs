@@ -185,6 +185,10 @@ pub struct Stats {
     pub session_waits_expired: u64,
     /// Peer sessions that ended, for any reason (the dialling side then re-handshakes).
     pub sessions_closed: u64,
+    /// UDP datagrams the kernel refused to send (the ARQ resends their contents).
+    pub send_errors: u64,
+    /// DATAGRAM frames received and dropped because no UDP map serves them yet.
+    pub datagrams_dropped: u64,
 }
 
 /// Why a control line could not be parsed.

@@ -104,19 +104,12 @@ pub(crate) struct Conns {
     slots: Vec<Option<Conn>>,
     generations: Vec<u32>,
     free: Vec<usize>,
-    live: usize,
 }
 
 impl Conns {
-    /// Reserves a slot, returning its index and the generation a new connection there gets.
-    pub(crate) fn vacant(&mut self) -> (usize, u32) {
-        match self.free.last() {
-            Some(&index) => (index, self.generations[index]),
-            None => (self.slots.len(), 0),
-        }
-    }
-
-    pub(crate) fn insert(&mut self, conn: Conn) -> usize {
+    /// Stores the connection `make` builds for the slot's current generation; returns the slot
+    /// and that generation (both go into the tokens of the connection's operations).
+    pub(crate) fn insert(&mut self, make: impl FnOnce(u32) -> Conn) -> (usize, u32) {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -125,10 +118,9 @@ impl Conns {
                 self.slots.len() - 1
             }
         };
-        debug_assert_eq!(conn.generation, self.generations[index]);
-        self.slots[index] = Some(conn);
-        self.live += 1;
-        index
+        let generation = self.generations[index];
+        self.slots[index] = Some(make(generation));
+        (index, generation)
     }
 
     pub(crate) fn get_mut(&mut self, index: usize, generation: u32) -> Option<&mut Conn> {
@@ -147,7 +139,6 @@ impl Conns {
         let conn = self.slots.get_mut(index)?.take()?;
         self.generations[index] = self.generations[index].wrapping_add(1);
         self.free.push(index);
-        self.live -= 1;
         Some(conn)
     }
 }

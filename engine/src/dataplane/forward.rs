@@ -73,15 +73,13 @@ impl Shard {
         self.counters.connections_accepted += 1;
         tcp::set_nodelay(&fd);
         let remote = tcp::peer_addr(&fd);
-        let (index, generation) = self.conns.vacant();
         let state = ConnState::WaitingSession {
             peer,
             deadline: now + SESSION_WAIT,
         };
-        let index_inserted = self
+        let (index, _) = self
             .conns
-            .insert(Conn::new(generation, fd, map_id, remote, state));
-        debug_assert_eq!(index, index_inserted);
+            .insert(|generation| Conn::new(generation, fd, map_id, remote, state));
         match self.peers.session(peer) {
             Some(session) => self.attach_stream(index, session),
             None => {
@@ -153,34 +151,36 @@ impl Shard {
                 return;
             }
         };
-        let (index, generation) = self.conns.vacant();
-        let mut conn = Conn::new(
-            generation,
-            fd,
-            MapId(map_id),
-            Some(target),
-            ConnState::Connecting,
-        );
-        conn.stream = Some((session_id, stream));
         // SAFETY: all-zero is a valid sockaddr_storage.
         let mut addr = Box::new((unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }, 0));
         addr.1 = sockaddr::write(target, &mut addr.0);
         let timeout = Box::new(Timespec::new().sec(CONNECT_TIMEOUT.as_secs()));
-        let connect = opcode::Connect::new(
-            Fd(conn.fd.as_raw_fd()),
-            (&addr.0 as *const libc::sockaddr_storage).cast(),
-            addr.1,
-        )
-        .build()
-        .flags(squeue::Flags::IO_LINK)
-        .user_data(Token::new(Op::Connect, index, generation).to_user_data());
-        let link = opcode::LinkTimeout::new(&*timeout)
+        let connect_to = (&addr.0 as *const libc::sockaddr_storage).cast();
+        let (addr_len, timeout_ptr) = (addr.1, &*timeout as *const Timespec);
+        let raw_fd = fd.as_raw_fd();
+        let (index, generation) = self.conns.insert(|generation| {
+            let mut conn = Conn::new(
+                generation,
+                fd,
+                MapId(map_id),
+                Some(target),
+                ConnState::Connecting,
+            );
+            conn.stream = Some((session_id, stream));
+            // The boxes move into the connection; the kernel's pointers to their contents stay
+            // valid until the connection is freed, after both completions.
+            conn.connect_addr = Some(addr);
+            conn.connect_timeout = Some(timeout);
+            conn.inflight = 2;
+            conn
+        });
+        let connect = opcode::Connect::new(Fd(raw_fd), connect_to, addr_len)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(Token::new(Op::Connect, index, generation).to_user_data());
+        let link = opcode::LinkTimeout::new(timeout_ptr)
             .build()
             .user_data(Token::new(Op::ConnectTimeout, index, generation).to_user_data());
-        conn.connect_addr = Some(addr);
-        conn.connect_timeout = Some(timeout);
-        conn.inflight = 2;
-        self.conns.insert(conn);
         self.streams.insert((session_id, stream), index);
         tracing::debug!(shard = self.index, map = map_id, %peer, %target, "connecting to target");
         self.push_linked(connect, link);

@@ -39,6 +39,8 @@ pub(crate) fn snapshot(shard: &Shard) -> Stats {
         connects_failed: c.connects_failed,
         session_waits_expired: c.session_waits_expired,
         sessions_closed: c.sessions_closed,
+        send_errors: c.udp_send_errors,
+        datagrams_dropped: c.datagrams_dropped,
         ..Stats::default()
     };
     for session in shard.endpoint.sessions() {
@@ -71,4 +73,6 @@ pub(crate) fn add(total: &mut Stats, shard: &Stats) {
     total.connects_failed += shard.connects_failed;
     total.session_waits_expired += shard.session_waits_expired;
     total.sessions_closed += shard.sessions_closed;
+    total.send_errors += shard.send_errors;
+    total.datagrams_dropped += shard.datagrams_dropped;
 }
