@@ -45,7 +45,6 @@ pub(crate) struct Conn {
     pub(crate) tx_done: bool,
     /// The connect's target address, which must stay put while the connect is in flight.
     pub(crate) connect_addr: Option<Box<(libc::sockaddr_storage, libc::socklen_t)>>,
-    pub(crate) connect_timeout: Option<Box<io_uring::types::Timespec>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +86,6 @@ impl Conn {
             tx_fin: false,
             tx_done: false,
             connect_addr: None,
-            connect_timeout: None,
         }
     }
 

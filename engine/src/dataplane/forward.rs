@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 use engine_api::config::MapId;
 use engine_proto::mux::StreamEvent;
 use engine_proto::wire::{SessionId, StreamId};
-use io_uring::types::{CancelBuilder, Fd, Timespec};
-use io_uring::{cqueue, opcode, squeue};
 
 use super::conn::{Conn, ConnState, TX_BUFFER};
-use super::ring::{Op, Token};
+use super::io::{Completion, IoOp, Op, Token};
 use super::shard::Shard;
 use super::{sockaddr, tcp};
 
@@ -40,8 +38,9 @@ pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 pub(crate) const SESSION_WAIT: Duration = Duration::from_secs(10);
 
 impl Shard {
-    pub(crate) fn on_accept(&mut self, now: Instant, listener: usize, result: i32, flags: u32) {
-        if !cqueue::more(flags) {
+    pub(crate) fn on_accept(&mut self, now: Instant, listener: usize, c: Completion) {
+        let result = c.result;
+        if !c.more {
             if let Some(l) = self.listeners.get_mut(listener) {
                 l.armed = false;
             }
@@ -154,9 +153,8 @@ impl Shard {
         // SAFETY: all-zero is a valid sockaddr_storage.
         let mut addr = Box::new((unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }, 0));
         addr.1 = sockaddr::write(target, &mut addr.0);
-        let timeout = Box::new(Timespec::new().sec(CONNECT_TIMEOUT.as_secs()));
         let connect_to = (&addr.0 as *const libc::sockaddr_storage).cast();
-        let (addr_len, timeout_ptr) = (addr.1, &*timeout as *const Timespec);
+        let addr_len = addr.1;
         let raw_fd = fd.as_raw_fd();
         let (index, generation) = self.conns.insert(|generation| {
             let mut conn = Conn::new(
@@ -167,23 +165,23 @@ impl Shard {
                 ConnState::Connecting,
             );
             conn.stream = Some((session_id, stream));
-            // The boxes move into the connection; the kernel's pointers to their contents stay
+            // The box moves into the connection; the kernel's pointer to its contents stays
             // valid until the connection is freed, after both completions.
             conn.connect_addr = Some(addr);
-            conn.connect_timeout = Some(timeout);
             conn.inflight = 2;
             conn
         });
-        let connect = opcode::Connect::new(Fd(raw_fd), connect_to, addr_len)
-            .build()
-            .flags(squeue::Flags::IO_LINK)
-            .user_data(Token::new(Op::Connect, index, generation).to_user_data());
-        let link = opcode::LinkTimeout::new(timeout_ptr)
-            .build()
-            .user_data(Token::new(Op::ConnectTimeout, index, generation).to_user_data());
+        let connect = IoOp::Connect {
+            fd: raw_fd,
+            addr: connect_to,
+            addr_len,
+            timeout: CONNECT_TIMEOUT,
+            timeout_token: Token::new(Op::ConnectTimeout, index, generation),
+        };
         self.streams.insert((session_id, stream), index);
         tracing::debug!(shard = self.index, map = map_id, %peer, %target, "connecting to target");
-        self.push_linked(connect, link);
+        self.io
+            .push(Token::new(Op::Connect, index, generation), connect);
     }
 
     pub(crate) fn on_connect(&mut self, token: Token, result: i32) {
@@ -223,8 +221,6 @@ impl Shard {
 
     /// Arms a receive on the connection's socket if it may read now.
     pub(crate) fn arm_recv(&mut self, index: usize) {
-        let group = self.tcp_bufs.group();
-        let size = self.tcp_bufs.buffer_size() as u32;
         let Some(conn) = self.conns.by_index(index) else {
             return;
         };
@@ -237,20 +233,17 @@ impl Shard {
         }
         conn.recv_armed = true;
         conn.inflight += 1;
-        let entry = opcode::Recv::new(Fd(conn.fd.as_raw_fd()), std::ptr::null_mut(), size)
-            .buf_group(group)
-            .build()
-            .flags(squeue::Flags::BUFFER_SELECT)
-            .user_data(Token::new(Op::TcpRecv, index, conn.generation).to_user_data());
-        self.push(entry);
+        let token = Token::new(Op::TcpRecv, index, conn.generation);
+        let fd = conn.fd.as_raw_fd();
+        self.io.push(token, IoOp::TcpRecv { fd });
     }
 
-    pub(crate) fn on_tcp_recv(&mut self, token: Token, result: i32, flags: u32) {
+    pub(crate) fn on_tcp_recv(&mut self, c: Completion) {
+        let (token, result, bid) = (c.token, c.result, c.buffer);
         let index = token.index as usize;
-        let bid = cqueue::buffer_select(flags);
         let Some(conn) = self.conns.get_mut(index, token.generation) else {
             if let Some(bid) = bid {
-                self.tcp_bufs.recycle(bid);
+                self.io.tcp_bufs.recycle(bid);
             }
             return;
         };
@@ -259,7 +252,7 @@ impl Shard {
         let stream = conn.stream.filter(|_| conn.state == ConnState::Open);
         match (result, bid, stream) {
             (n, Some(bid), Some((session_id, stream))) if n > 0 => {
-                let data = self.tcp_bufs.buffer_mut(bid, n as usize);
+                let data = self.io.tcp_bufs.buffer_mut(bid, n as usize);
                 let written = match self.endpoint.session_mut(session_id) {
                     Some(session) => session.write(stream, data),
                     None => Err(engine_proto::mux::StreamError::UnknownStream),
@@ -269,11 +262,11 @@ impl Shard {
                         if accepted < data.len() {
                             conn.pending.extend_from_slice(&data[accepted..]);
                         }
-                        self.tcp_bufs.recycle(bid);
+                        self.io.tcp_bufs.recycle(bid);
                         self.arm_recv(index);
                     }
                     Err(_) => {
-                        self.tcp_bufs.recycle(bid);
+                        self.io.tcp_bufs.recycle(bid);
                         self.abort(index, None);
                     }
                 }
@@ -281,7 +274,7 @@ impl Shard {
             (0, bid, Some((session_id, stream))) => {
                 // Some kernels hand a buffer even to a zero-byte (end-of-stream) receive.
                 if let Some(bid) = bid {
-                    self.tcp_bufs.recycle(bid);
+                    self.io.tcp_bufs.recycle(bid);
                 }
                 conn.rx_done = true;
                 if let Some(session) = self.endpoint.session_mut(session_id) {
@@ -291,7 +284,7 @@ impl Shard {
             }
             (n, bid, _) => {
                 if let Some(bid) = bid {
-                    self.tcp_bufs.recycle(bid);
+                    self.io.tcp_bufs.recycle(bid);
                 }
                 match -n {
                     libc::ENOBUFS if conn.state == ConnState::Open => self.starved.push(index),
@@ -372,17 +365,15 @@ impl Shard {
         }
         if conn.tx_sent < conn.tx.len() {
             let remaining = &conn.tx[conn.tx_sent..];
-            let entry = opcode::Send::new(
-                Fd(conn.fd.as_raw_fd()),
-                remaining.as_ptr(),
-                remaining.len() as u32,
-            )
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(Token::new(Op::TcpSend, index, conn.generation).to_user_data());
+            let op = IoOp::TcpSend {
+                fd: conn.fd.as_raw_fd(),
+                buf: remaining.as_ptr(),
+                len: remaining.len() as u32,
+            };
+            let token = Token::new(Op::TcpSend, index, conn.generation);
             conn.send_inflight = true;
             conn.inflight += 1;
-            self.push(entry);
+            self.io.push(token, op);
             return;
         }
         // Nothing buffered: give the memory back while idle.
@@ -504,10 +495,9 @@ impl Shard {
         conn.state = ConnState::Closing;
         if conn.inflight > 0 {
             conn.inflight += 1;
-            let entry = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(conn.fd.as_raw_fd())).all())
-                .build()
-                .user_data(Token::new(Op::Cancel, index, conn.generation).to_user_data());
-            self.push(entry);
+            let token = Token::new(Op::Cancel, index, conn.generation);
+            let fd = conn.fd.as_raw_fd();
+            self.io.push(token, IoOp::Cancel { fd });
         }
         self.maybe_free(index);
     }

@@ -4,8 +4,8 @@
 mod conn;
 mod control;
 mod forward;
+mod io;
 mod peers;
-mod ring;
 mod shard;
 mod sockaddr;
 mod stats;
@@ -55,6 +55,8 @@ pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
             map_addrs: map_addrs.clone(),
             control: rx,
             wake,
+            backend: io::BackendKind::IoUring,
+            gso: true,
         };
         let (bound_tx, bound_rx) = crossbeam_channel::bounded(1);
         let thread = thread::Builder::new()

@@ -17,23 +17,14 @@ use crossbeam_channel::Receiver;
 use engine_api::config::Config;
 use engine_proto::wire::{SessionId, StreamId};
 use engine_proto::{Endpoint, EndpointConfig};
-use io_uring::types::{Fd, SubmitArgs, Timespec};
-use io_uring::{IoUring, cqueue, opcode, squeue};
 
 use super::conn::Conns;
 use super::control::{ShardMsg, ShardStats};
+use super::io::{BackendKind, Completion, Io, IoOp, Op, Token};
 use super::peers::Peers;
-use super::ring::{self, BufRing, Op, Token};
-use super::udp::{self, RecvHeader, SendSlot};
+use super::udp::{self, SendSlot};
 use super::{stats::Counters, tcp};
 
-/// Buffer group of the UDP receive ring.
-const UDP_GROUP: u16 = 0;
-/// Buffer group of the TCP receive ring.
-const TCP_GROUP: u16 = 1;
-const UDP_BUFFERS: u16 = 64;
-const TCP_BUFFERS: u16 = 16;
-const TCP_BUFFER_SIZE: usize = 256 * 1024;
 /// GSO sends in flight at once.
 const SEND_SLOTS: usize = 64;
 /// How long a shutting-down shard keeps sending (CLOSE frames) before it exits.
@@ -53,6 +44,9 @@ pub(crate) struct ShardSetup {
     pub(crate) map_addrs: Vec<SocketAddr>,
     pub(crate) control: Receiver<ShardMsg>,
     pub(crate) wake: Arc<OwnedFd>,
+    pub(crate) backend: BackendKind,
+    /// UDP GSO on send and GRO on receive.
+    pub(crate) gso: bool,
 }
 
 /// What a shard reports once its sockets are bound.
@@ -74,14 +68,11 @@ pub(crate) struct Listener {
 
 pub(crate) struct Shard {
     /// Never dropped while operations are in flight: [`Shard::run`] leaks the shard on exit.
-    pub(crate) ring: IoUring,
+    pub(crate) io: Io,
     pub(crate) index: usize,
     pub(crate) config: Arc<Config>,
     pub(crate) endpoint: Endpoint,
     pub(crate) udp: OwnedFd,
-    udp_bufs: BufRing,
-    pub(crate) tcp_bufs: BufRing,
-    recv_header: RecvHeader,
     udp_recv_armed: bool,
     // Boxed: the kernel holds pointers into a slot (its message header points at its own
     // fields) until the send completes, so a slot must never move.
@@ -101,14 +92,14 @@ pub(crate) struct Shard {
     /// Connections whose receive found no free buffer; re-armed after this round.
     pub(crate) starved: Vec<usize>,
     shutdown_at: Option<Instant>,
-    completions: Vec<(u64, i32, u32)>,
+    completions: Vec<Completion>,
 }
 
 impl Shard {
     /// Binds the shard's sockets and builds its state. Runs on the shard's own thread.
     pub(crate) fn new(setup: ShardSetup) -> io::Result<(Self, Bound)> {
-        let ring = ring::build()?;
-        let udp = udp::bind(setup.udp_addr)
+        let io = Io::new(setup.backend)?;
+        let udp = udp::bind(setup.udp_addr, setup.gso)
             .map_err(|err| annotate(err, format!("cannot bind UDP {}", setup.udp_addr)))?;
         let udp_local = tcp::local_addr(&udp)?;
         let mut listeners = Vec::new();
@@ -131,41 +122,19 @@ impl Shard {
                 retry_at: None,
             });
         }
-        let udp_bufs = BufRing::new(
-            &ring,
-            UDP_GROUP,
-            UDP_BUFFERS,
-            udp::RECV_HEADER_LEN + udp::RECV_PAYLOAD_LEN,
-        )
-        .map_err(|err| {
-            annotate(
-                err,
-                "cannot register the UDP buffer ring (RLIMIT_MEMLOCK?)".into(),
-            )
-        })?;
-        let tcp_bufs =
-            BufRing::new(&ring, TCP_GROUP, TCP_BUFFERS, TCP_BUFFER_SIZE).map_err(|err| {
-                annotate(
-                    err,
-                    "cannot register the TCP buffer ring (RLIMIT_MEMLOCK?)".into(),
-                )
-            })?;
         let slot_size = setup.endpoint.session.mtu * setup.endpoint.session.max_segments;
         let slots: Vec<Box<SendSlot>> = (0..SEND_SLOTS).map(|_| SendSlot::new(slot_size)).collect();
         let peers = Peers::new(&setup.config);
         let shard = Self {
-            ring,
+            io,
             index: setup.index,
             endpoint: Endpoint::new(setup.endpoint, setup.seed),
             config: setup.config,
             udp,
-            udp_bufs,
-            tcp_bufs,
-            recv_header: RecvHeader::new(),
             udp_recv_armed: false,
             free_slots: (0..slots.len()).rev().collect(),
             slots,
-            gso: true,
+            gso: setup.gso,
             listeners,
             conns: Conns::default(),
             streams: HashMap::new(),
@@ -249,85 +218,23 @@ impl Shard {
                 d
             }
         });
-        let result = match deadline {
-            Some(deadline) => {
-                let wait = deadline.saturating_duration_since(now);
-                if wait.is_zero() {
-                    self.ring.submit()
-                } else {
-                    let ts = Timespec::new()
-                        .sec(wait.as_secs())
-                        .nsec(wait.subsec_nanos());
-                    let args = SubmitArgs::new().timespec(&ts);
-                    self.ring.submitter().submit_with_args(1, &args)
-                }
-            }
-            None => self.ring.submit_and_wait(1),
-        };
-        match result {
-            Ok(_) => Ok(()),
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(err) => Err(err),
-        }
-    }
-
-    /// Queues a submission, flushing the queue to the kernel first if it is full.
-    pub(crate) fn push(&mut self, entry: squeue::Entry) {
-        loop {
-            // SAFETY: every entry's buffers are owned by the shard (boxed or in buffer rings)
-            // and outlive the operation: they are freed only after its completion.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return;
-            }
-            if let Err(err) = self.ring.submit() {
-                tracing::warn!(shard = self.index, %err, "io_uring submit failed");
-            }
-        }
-    }
-
-    /// Queues two linked submissions (an operation and its timeout) so they reach the kernel
-    /// together.
-    pub(crate) fn push_linked(&mut self, first: squeue::Entry, second: squeue::Entry) {
-        {
-            let sq = self.ring.submission();
-            let room = sq.capacity() - sq.len();
-            drop(sq);
-            if room < 2 {
-                let _ = self.ring.submit();
-            }
-        }
-        self.push(first);
-        self.push(second);
+        self.io
+            .wait(deadline.map(|d| d.saturating_duration_since(now)))
     }
 
     fn arm_udp_recv(&mut self) {
-        let entry = opcode::RecvMsgMulti::new(
-            Fd(self.udp.as_raw_fd()),
-            self.recv_header.as_ptr(),
-            UDP_GROUP,
-        )
-        .build()
-        .user_data(Token::new(Op::UdpRecv, 0, 0).to_user_data());
-        self.push(entry);
+        let fd = self.udp.as_raw_fd();
+        self.io
+            .push(Token::new(Op::UdpRecv, 0, 0), IoOp::UdpRecv { fd });
         self.udp_recv_armed = true;
     }
 
     fn arm_wake(&mut self) {
-        let entry = opcode::Read::new(
-            Fd(self.wake.as_raw_fd()),
-            (&mut *self.wake_buf as *mut u64).cast(),
-            8,
-        )
-        .build()
-        .user_data(Token::new(Op::Wake, 0, 0).to_user_data());
-        self.push(entry);
+        let op = IoOp::ReadEventfd {
+            fd: self.wake.as_raw_fd(),
+            buf: &mut *self.wake_buf,
+        };
+        self.io.push(Token::new(Op::Wake, 0, 0), op);
         self.wake_armed = true;
     }
 
@@ -336,11 +243,9 @@ impl Shard {
             return;
         };
         listener.armed = true;
-        let entry = opcode::AcceptMulti::new(Fd(listener.fd.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-            .build()
-            .user_data(Token::new(Op::Accept, i, 0).to_user_data());
-        self.push(entry);
+        let fd = listener.fd.as_raw_fd();
+        self.io
+            .push(Token::new(Op::Accept, i, 0), IoOp::Accept { fd });
     }
 
     /// Listeners that rested after a resource error accept again.
@@ -357,24 +262,18 @@ impl Shard {
     fn reap(&mut self, now: Instant) {
         let mut completions = std::mem::take(&mut self.completions);
         completions.clear();
-        completions.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
-        for &(data, result, flags) in &completions {
-            let Some(token) = Token::from_user_data(data) else {
-                continue;
-            };
+        self.io.reap(&mut completions);
+        for &c in &completions {
+            let token = c.token;
             match token.op {
-                Op::UdpRecv => self.on_udp_recv(now, result, flags),
-                Op::UdpSend => self.on_udp_send(token.index as usize, result),
-                Op::Accept => self.on_accept(now, token.index as usize, result, flags),
-                Op::TcpRecv => self.on_tcp_recv(token, result, flags),
-                Op::TcpSend => self.on_tcp_send(token, result),
-                Op::Connect => self.on_connect(token, result),
+                Op::UdpRecv => self.on_udp_recv(now, c),
+                Op::UdpSend => self.on_udp_send(token.index as usize, c.result),
+                Op::Accept => self.on_accept(now, token.index as usize, c),
+                Op::TcpRecv => self.on_tcp_recv(c),
+                Op::TcpSend => self.on_tcp_send(token, c.result),
+                Op::Connect => self.on_connect(token, c.result),
                 Op::ConnectTimeout | Op::Cancel => self.on_conn_op_done(token),
-                Op::Wake => self.on_wake(now, result),
+                Op::Wake => self.on_wake(now, c.result),
             }
         }
         self.completions = completions;
@@ -386,21 +285,20 @@ impl Shard {
         }
     }
 
-    fn on_udp_recv(&mut self, now: Instant, result: i32, flags: u32) {
-        if !cqueue::more(flags) {
+    fn on_udp_recv(&mut self, now: Instant, c: Completion) {
+        if !c.more {
             // Multishot ended (no buffers, or an error): re-armed after this round.
             self.udp_recv_armed = false;
         }
-        let Some(bid) = cqueue::buffer_select(flags) else {
-            if result < 0 && result != -libc::ENOBUFS {
-                tracing::debug!(shard = self.index, err = %io::Error::from_raw_os_error(-result), "UDP receive failed");
+        let Some(bid) = c.buffer else {
+            if c.result < 0 && c.result != -libc::ENOBUFS {
+                tracing::debug!(shard = self.index, err = %io::Error::from_raw_os_error(-c.result), "UDP receive failed");
             }
             return;
         };
-        let len = usize::try_from(result).unwrap_or(0);
-        let buffer = self.udp_bufs.buffer_mut(bid, len);
-        match self.recv_header.parse(buffer) {
-            Some(received) => {
+        let len = usize::try_from(c.result).unwrap_or(0);
+        match self.io.udp_received(bid, len) {
+            Some((received, buffer)) => {
                 let payload = &mut buffer[received.payload];
                 let segment = received.segment_size.unwrap_or(payload.len()).max(1);
                 for datagram in payload.chunks_mut(segment) {
@@ -411,7 +309,7 @@ impl Shard {
             }
             None => self.counters.udp_receive_errors += 1,
         }
-        self.udp_bufs.recycle(bid);
+        self.io.udp_bufs.recycle(bid);
     }
 
     fn on_udp_send(&mut self, index: usize, result: i32) {
@@ -498,10 +396,9 @@ impl Shard {
                 self.free_slots.push(index);
                 continue;
             }
-            let entry = opcode::SendMsg::new(Fd(self.udp.as_raw_fd()), msg)
-                .build()
-                .user_data(Token::new(Op::UdpSend, index, 0).to_user_data());
-            self.push(entry);
+            let fd = self.udp.as_raw_fd();
+            self.io
+                .push(Token::new(Op::UdpSend, index, 0), IoOp::UdpSend { fd, msg });
         }
     }
 

@@ -1,12 +1,11 @@
-//! The shard's UDP socket: set-up (GRO on, GSO probed), the multishot receive's message header,
-//! and the send slots that hold GSO batches while the kernel sends them.
+//! The shard's UDP socket: set-up (GRO on unless disabled), the GRO control message, and the
+//! send slots that hold GSO batches while the kernel sends them.
 
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use io_uring::types::RecvMsgOut;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::sockaddr;
@@ -16,8 +15,9 @@ use super::sockaddr;
 const SOCKET_BUFFER: usize = 8 << 20;
 
 /// Opens the shard's UDP socket bound to `addr` (port 0 for a node that only dials out), with
-/// SO_REUSEPORT so that every shard can bind the same address.
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<OwnedFd> {
+/// SO_REUSEPORT so that every shard can bind the same address; `gro` asks the kernel to coalesce
+/// received datagrams.
+pub(crate) fn bind(addr: SocketAddr, gro: bool) -> io::Result<OwnedFd> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_nonblocking(true)?;
     socket.set_reuse_port(true)?;
@@ -25,7 +25,9 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<OwnedFd> {
     socket.bind(&addr.into())?;
     let fd = OwnedFd::from(socket);
     // GRO is an optimisation: without it every datagram is its own completion.
-    let _ = set_int(&fd, libc::SOL_UDP, libc::UDP_GRO, 1);
+    if gro {
+        let _ = set_int(&fd, libc::SOL_UDP, libc::UDP_GRO, 1);
+    }
     Ok(fd)
 }
 
@@ -63,66 +65,8 @@ fn set_raw_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
     }
 }
 
-/// Room reserved in each receive buffer for the sender's address.
-const NAME_LEN: usize = mem::size_of::<libc::sockaddr_storage>();
-/// Room reserved for control messages (one UDP_GRO int, with slack for others).
-const CONTROL_LEN: usize = 64;
-/// Bytes at the start of every multishot receive buffer before the payload.
-pub(crate) const RECV_HEADER_LEN: usize = RECVMSG_OUT_LEN + NAME_LEN + CONTROL_LEN;
-/// `struct io_uring_recvmsg_out`: four u32 fields at the start of every multishot receive.
-const RECVMSG_OUT_LEN: usize = 16;
-/// Largest payload one receive can carry: a GRO super-datagram is at most 64 KiB.
-pub(crate) const RECV_PAYLOAD_LEN: usize = 65_536;
-
-/// The message header a multishot RecvMsg reads its layout from. It must stay at a fixed
-/// address while the operation is armed, hence the box.
-#[derive(Debug)]
-pub(crate) struct RecvHeader(Box<libc::msghdr>);
-
-impl RecvHeader {
-    pub(crate) fn new() -> Self {
-        // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
-        let mut msg: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
-        msg.msg_namelen = NAME_LEN as libc::socklen_t;
-        msg.msg_controllen = CONTROL_LEN;
-        Self(msg)
-    }
-
-    pub(crate) fn as_ptr(&self) -> *const libc::msghdr {
-        &*self.0
-    }
-
-    /// Splits a completed receive buffer into the sender, the GRO segment size (if the kernel
-    /// coalesced several datagrams) and the payload's range inside `buffer`. `None` for a
-    /// malformed or truncated receive (dropped and counted by the caller).
-    pub(crate) fn parse(&self, buffer: &[u8]) -> Option<Received> {
-        let out = RecvMsgOut::parse(buffer, &self.0).ok()?;
-        if out.is_payload_truncated() || out.is_name_data_truncated() {
-            return None;
-        }
-        let from = sockaddr::read(out.name_data())?;
-        let segment_size = gro_segment_size(out.control_data());
-        let payload = out.payload_data();
-        let start = payload.as_ptr() as usize - buffer.as_ptr() as usize;
-        Some(Received {
-            from,
-            segment_size,
-            payload: start..start + payload.len(),
-        })
-    }
-}
-
-/// One completed receive: possibly several datagrams of `segment_size` bytes each (the last may
-/// be shorter) coalesced by GRO.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Received {
-    pub(crate) from: SocketAddr,
-    pub(crate) segment_size: Option<usize>,
-    pub(crate) payload: std::ops::Range<usize>,
-}
-
 /// Walks the control messages for UDP_GRO's segment size.
-fn gro_segment_size(mut control: &[u8]) -> Option<usize> {
+pub(crate) fn gro_segment_size(mut control: &[u8]) -> Option<usize> {
     let header_len = mem::size_of::<libc::cmsghdr>();
     while control.len() >= header_len {
         // SAFETY: at least a header's worth of bytes; read unaligned.
