@@ -8,13 +8,42 @@ pub(crate) fn status(out: &mut impl Write, status: &Status) -> io::Result<()> {
     writeln!(out, "engine {} is running", status.engine_version)?;
     writeln!(out, "  config    {}", status.config)?;
     writeln!(out, "  uptime    {}", duration(status.uptime_secs))?;
-    writeln!(out, "  shards    {}", status.shards)?;
+    writeln!(out, "  shards    {} ({})", status.shards, status.backend)?;
     writeln!(out, "  sessions  {}", status.sessions)?;
     writeln!(out, "  streams   {}", status.streams)
 }
 
+/// The counters as a table: one column for the engine's total and, with more than one shard,
+/// one column per shard.
 pub(crate) fn stats(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
-    let rows: [(&str, String); 18] = [
+    let shards = if stats.per_shard.len() > 1 {
+        stats.per_shard.as_slice()
+    } else {
+        &[]
+    };
+    let columns: Vec<Vec<(&str, String)>> = std::iter::once(stats)
+        .chain(shards)
+        .map(stat_rows)
+        .collect();
+    if !shards.is_empty() {
+        write!(out, "{:<26}{:>12}", "", "total")?;
+        for i in 0..shards.len() {
+            write!(out, "{:>12}", format!("shard {i}"))?;
+        }
+        writeln!(out)?;
+    }
+    for (row, (name, _)) in columns[0].iter().enumerate() {
+        write!(out, "{name:<26}")?;
+        for column in &columns {
+            write!(out, "{:>12}", column[row].1)?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn stat_rows(stats: &Stats) -> Vec<(&'static str, String)> {
+    vec![
         ("uptime", duration(stats.uptime_secs)),
         ("sessions", stats.sessions.to_string()),
         ("streams", stats.streams.to_string()),
@@ -42,11 +71,13 @@ pub(crate) fn stats(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
         ("streams refused", stats.streams_refused.to_string()),
         ("connects failed", stats.connects_failed.to_string()),
         ("sessions closed", stats.sessions_closed.to_string()),
-    ];
-    for (name, value) in rows {
-        writeln!(out, "{name:<24}{value}")?;
-    }
-    Ok(())
+        ("packets handed over", stats.packets_handed_over.to_string()),
+        ("packets taken over", stats.packets_taken_over.to_string()),
+        (
+            "connections handed over",
+            stats.connections_handed_over.to_string(),
+        ),
+    ]
 }
 
 /// One line per `--watch` sample: rates over the last interval, then gauges. The first sample
@@ -150,6 +181,18 @@ mod tests {
         assert_eq!(bytes(u64::MAX), "16.0 EiB");
     }
 
+    /// The values of the table line that starts with `name` (the header line for "").
+    fn row<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        let line = if name.is_empty() {
+            text.lines().next().unwrap()
+        } else {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{name}  ")))
+                .unwrap()
+        };
+        line[name.len()..].split_whitespace().collect()
+    }
+
     #[test]
     fn stats_table_and_rows() {
         let old = Stats {
@@ -167,8 +210,27 @@ mod tests {
         let mut out = Vec::new();
         stats(&mut out, &new).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("packets sent            300\n"), "{text}");
-        assert!(text.contains("bytes sent              3.0 KiB\n"), "{text}");
+        assert_eq!(row(&text, "packets sent"), ["300"], "{text}");
+        assert_eq!(row(&text, "bytes sent"), ["3.0", "KiB"], "{text}");
+        assert!(
+            !text.contains("shard"),
+            "one shard: no per-shard columns\n{text}"
+        );
+
+        let per_shard = Stats {
+            per_shard: vec![old.clone(), new.clone()],
+            packets_sent: 400,
+            ..new.clone()
+        };
+        let mut out = Vec::new();
+        stats(&mut out, &per_shard).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            row(&text, ""),
+            ["total", "shard", "0", "shard", "1"],
+            "{text}"
+        );
+        assert_eq!(row(&text, "packets sent"), ["400", "100", "300"], "{text}");
 
         let mut out = Vec::new();
         stats_row(&mut out, None, &old, 2).unwrap();

@@ -138,6 +138,7 @@ fn status_from_an_engine() {
             config: "/etc/coretun/config.yaml".into(),
             uptime_secs: 3_725,
             shards: 2,
+            backend: "epoll".into(),
             sessions: 5,
             streams: 17,
         })
@@ -148,6 +149,7 @@ fn status_from_an_engine() {
     assert!(text.starts_with("engine 9.9.9 is running\n"), "{text}");
     assert!(text.contains("1h02m05s"), "{text}");
     assert!(text.contains("streams   17"), "{text}");
+    assert!(text.contains("shards    2 (epoll)"), "{text}");
     let requests = server.join().unwrap();
     assert_eq!(requests, [Request::new(control::Command::Status)]);
 }

@@ -139,6 +139,8 @@ pub struct Status {
     pub uptime_secs: u64,
     /// Dataplane threads (one per core).
     pub shards: u32,
+    /// The I/O backend the shards run: `io_uring` or `epoll`.
+    pub backend: String,
     /// Established sessions with peers.
     pub sessions: u64,
     /// Open multiplexed streams across all sessions.
@@ -189,6 +191,17 @@ pub struct Stats {
     pub send_errors: u64,
     /// DATAGRAM frames received and dropped because no UDP map serves them yet.
     pub datagrams_dropped: u64,
+    /// Datagrams that reached a shard other than the one owning their session (no steering
+    /// program, a shard not yet started, a changed shard count) and were handed to the owner.
+    pub packets_handed_over: u64,
+    /// Datagrams this shard received from other shards (the other side of
+    /// `packets_handed_over`).
+    pub packets_taken_over: u64,
+    /// Accepted connections passed to another shard because only that shard had a session
+    /// with the map's peer.
+    pub connections_handed_over: u64,
+    /// The same counters for each shard, in shard order (empty inside a per-shard entry).
+    pub per_shard: Vec<Stats>,
 }
 
 /// Why a control line could not be parsed.

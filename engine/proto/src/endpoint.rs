@@ -41,6 +41,10 @@ pub struct EndpointConfig {
     pub accept: bool,
     /// The shard that owns every session id this endpoint hands out.
     pub shard: u8,
+    /// Written into the session-id field of our handshake inits (which have no receiver id
+    /// yet), so the peer's packet steering can spread the sessions of one node over its shards:
+    /// the dataplane gives its shards consecutive hints from a random base. Receivers ignore it.
+    pub steering_hint: u32,
     pub max_sessions: usize,
     /// This node's name, sent to the peer in both handshake messages (see
     /// [`Session::peer_name`]). At most [`MAX_NODE_NAME_LEN`] bytes of UTF-8: a longer name is
@@ -58,6 +62,7 @@ impl EndpointConfig {
             session: SessionConfig::default(),
             accept: true,
             shard: 0,
+            steering_hint: 0,
             max_sessions: 4096,
             name: None,
             resets_per_sec: 32,
@@ -269,7 +274,8 @@ impl Endpoint {
         let params = encode_params(id, self.config.name.as_deref());
         match Initiator::start(&self.config.psk, seed, &params, &mut msg) {
             Ok(initiator) => {
-                dial.packet = handshake_packet(PacketType::HandshakeInit, SessionId::NONE, &msg);
+                let hint = SessionId(self.config.steering_hint);
+                dial.packet = handshake_packet(PacketType::HandshakeInit, hint, &msg);
                 dial.initiator = Some(initiator);
             }
             Err(_) => dial.initiator = None,

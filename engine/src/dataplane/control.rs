@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -28,6 +29,17 @@ const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) enum ShardMsg {
     Stats(Sender<ShardStats>),
     Shutdown,
+    /// A datagram another shard received for a session this shard owns.
+    Datagram {
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// A connection another shard accepted on map `map` (an index into the config's `maps`)
+    /// while only this shard had a session with the map's peer.
+    Connection {
+        fd: OwnedFd,
+        map: usize,
+    },
 }
 
 /// A shard's answer to [`ShardMsg::Stats`].
@@ -84,6 +96,8 @@ pub(crate) struct ControlContext {
     pub(crate) config_path: PathBuf,
     pub(crate) started: Instant,
     pub(crate) shards: Vec<ShardHandle>,
+    /// The I/O backend's name, for `ctl status`.
+    pub(crate) backend: &'static str,
 }
 
 /// Binds the control socket: creates its directory, replaces a stale socket left by a crashed
@@ -160,6 +174,7 @@ fn answer(command: Command, context: &ControlContext) -> Response {
                 config: context.config_path.display().to_string(),
                 uptime_secs: context.started.elapsed().as_secs(),
                 shards: context.shards.len() as u32,
+                backend: context.backend.to_owned(),
                 sessions: stats.sessions,
                 streams: stats.streams,
             })
@@ -177,9 +192,10 @@ fn collect(context: &ControlContext) -> Stats {
         ..Stats::default()
     };
     for shard in &context.shards {
-        if let Some(stats) = shard.stats() {
-            stats::add(&mut total, &stats);
-        }
+        // A shard that does not answer in time shows as zeros rather than hiding the others.
+        let stats = shard.stats().unwrap_or_default();
+        stats::add(&mut total, &stats);
+        total.per_shard.push(stats);
     }
     total
 }

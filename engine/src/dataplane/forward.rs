@@ -16,6 +16,7 @@ use engine_proto::mux::StreamEvent;
 use engine_proto::wire::{SessionId, StreamId};
 
 use super::conn::{Conn, ConnState, TX_BUFFER};
+use super::control::ShardMsg;
 use super::io::{Completion, IoOp, Op, Token};
 use super::shard::Shard;
 use super::{sockaddr, tcp};
@@ -57,7 +58,7 @@ impl Shard {
             }
         }
         if result < 0 {
-            tracing::warn!(shard = self.index, err = %io::Error::from_raw_os_error(-result), "accept failed");
+            tracing::warn!(err = %io::Error::from_raw_os_error(-result), "accept failed");
             return;
         }
         // SAFETY: a successful accept returns a new descriptor that nothing else owns.
@@ -65,11 +66,33 @@ impl Shard {
         let Some(map_index) = self.listeners.get(listener).map(|l| l.map) else {
             return;
         };
+        self.counters.connections_accepted += 1;
+        self.start_connection(now, fd, map_index, false);
+    }
+
+    /// Forwards a connection accepted on map `map_index` (here, or by another shard that
+    /// `handed` it over): over this shard's session with the map's peer, or over another
+    /// shard's when only that one has a session (a peer that dials us may run fewer shards than
+    /// we do), or once a session comes up.
+    pub(crate) fn start_connection(
+        &mut self,
+        now: Instant,
+        fd: OwnedFd,
+        map_index: usize,
+        handed: bool,
+    ) {
         let Some(map) = self.config.maps.get(map_index) else {
             return;
         };
         let (map_id, peer) = (map.id, map.peer);
-        self.counters.connections_accepted += 1;
+        if self.peers.session(peer).is_none()
+            && !handed
+            && let Some(owner) = self.directory.other_with_session(peer, self.index)
+        {
+            self.counters.connections_handed_over += 1;
+            self.siblings[owner].send(ShardMsg::Connection { fd, map: map_index });
+            return;
+        }
         tcp::set_nodelay(&fd);
         let remote = tcp::peer_addr(&fd);
         let state = ConnState::WaitingSession {
@@ -82,7 +105,7 @@ impl Shard {
         match self.peers.session(peer) {
             Some(session) => self.attach_stream(index, session),
             None => {
-                tracing::debug!(shard = self.index, map = %map_id, peer = %self.peers.name(peer), client = ?remote, "connection waits for the peer's session");
+                tracing::debug!(map = %map_id, peer = %self.peers.name(peer), client = ?remote, "connection waits for the peer's session");
                 self.peers.wait(peer, index, now + SESSION_WAIT);
             }
         }
@@ -103,11 +126,11 @@ impl Shard {
                 conn.stream = Some((session_id, stream));
                 conn.state = ConnState::Open;
                 self.streams.insert((session_id, stream), index);
-                tracing::debug!(shard = self.index, map = %map, client = ?conn.remote, stream = stream.0, "connection forwarded");
+                tracing::debug!(map = %map, client = ?conn.remote, stream = stream.0, "connection forwarded");
                 self.arm_recv(index);
             }
             Some(Err(err)) => {
-                tracing::warn!(shard = self.index, map = %map, %err, "cannot open a stream; closing the connection");
+                tracing::warn!(map = %map, %err, "cannot open a stream; closing the connection");
                 self.abort(index, None);
             }
             None => {
@@ -132,7 +155,7 @@ impl Shard {
         let peer = self.peers.describe(session_id, &self.endpoint);
         let Some(allow) = self.config.allow.iter().find(|a| a.id.0 == map_id) else {
             self.counters.streams_refused += 1;
-            tracing::warn!(shard = self.index, map = map_id, %peer, "stream refused: map id not in the allow list");
+            tracing::warn!(map = map_id, %peer, "stream refused: map id not in the allow list");
             if let Some(session) = self.endpoint.session_mut(session_id) {
                 let _ = session.reset(stream, reset_code::NOT_ALLOWED);
             }
@@ -143,7 +166,7 @@ impl Shard {
             Ok(fd) => fd,
             Err(err) => {
                 self.counters.connects_failed += 1;
-                tracing::warn!(shard = self.index, map = map_id, %target, %err, "cannot create a socket for the target");
+                tracing::warn!(map = map_id, %target, %err, "cannot create a socket for the target");
                 if let Some(session) = self.endpoint.session_mut(session_id) {
                     let _ = session.reset(stream, reset_code::CONNECT_FAILED);
                 }
@@ -179,7 +202,7 @@ impl Shard {
             timeout_token: Token::new(Op::ConnectTimeout, index, generation),
         };
         self.streams.insert((session_id, stream), index);
-        tracing::debug!(shard = self.index, map = map_id, %peer, %target, "connecting to target");
+        tracing::debug!(map = map_id, %peer, %target, "connecting to target");
         self.io
             .push(Token::new(Op::Connect, index, generation), connect);
     }
@@ -200,7 +223,7 @@ impl Shard {
                 errno => io::Error::from_raw_os_error(errno),
             };
             self.counters.connects_failed += 1;
-            tracing::warn!(shard = self.index, map = %conn.map, target = ?conn.remote, %err, "connect to target failed; resetting the stream");
+            tracing::warn!(map = %conn.map, target = ?conn.remote, %err, "connect to target failed; resetting the stream");
             self.abort(index, Some(reset_code::CONNECT_FAILED));
             return;
         }
@@ -289,7 +312,7 @@ impl Shard {
                 match -n {
                     libc::ENOBUFS if conn.state == ConnState::Open => self.starved.push(index),
                     _ if n < 0 && conn.state == ConnState::Open => {
-                        tracing::debug!(shard = self.index, map = %conn.map, err = %io::Error::from_raw_os_error(-n), "connection failed");
+                        tracing::debug!(map = %conn.map, err = %io::Error::from_raw_os_error(-n), "connection failed");
                         self.abort(index, Some(reset_code::CONNECTION_RESET));
                     }
                     _ => self.maybe_free(index),
@@ -382,7 +405,7 @@ impl Shard {
         if conn.tx_fin {
             conn.tx_done = true;
             if let Err(err) = tcp::shutdown_write(&conn.fd) {
-                tracing::debug!(shard = self.index, %err, "shutdown failed");
+                tracing::debug!(%err, "shutdown failed");
             }
             self.maybe_finish(index);
         }
@@ -400,7 +423,7 @@ impl Shard {
             return;
         }
         if result < 0 {
-            tracing::debug!(shard = self.index, map = %conn.map, err = %io::Error::from_raw_os_error(-result), "send failed");
+            tracing::debug!(map = %conn.map, err = %io::Error::from_raw_os_error(-result), "send failed");
             self.abort(index, Some(reset_code::CONNECTION_RESET));
             return;
         }
@@ -424,7 +447,7 @@ impl Shard {
             StreamEvent::Reset { id, error_code } => {
                 if let Some(index) = self.streams.remove(&(session_id, id)) {
                     if let Some(conn) = self.conns.by_index(index) {
-                        tracing::debug!(shard = self.index, map = %conn.map, code = error_code, "stream reset by the peer; closing the connection");
+                        tracing::debug!(map = %conn.map, code = error_code, "stream reset by the peer; closing the connection");
                         conn.stream = None;
                     }
                     self.abort(index, None);

@@ -4,6 +4,7 @@
 mod conn;
 mod control;
 mod forward;
+mod handover;
 mod io;
 mod peers;
 mod shard;
@@ -25,29 +26,47 @@ use engine_proto::arq::{BbrConfig, RateControlConfig};
 use engine_proto::{EndpointConfig, SessionConfig};
 
 use self::control::{ControlContext, ShardHandle, ShardMsg};
+use self::handover::PeerDirectory;
+use self::io::{BackendKind, Io};
 use self::shard::{Bound, Shard, ShardSetup};
 
 /// Runs the engine until SIGTERM or SIGINT.
 pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let signals = Signals::block()?;
-    let shard_count = effective_shards(config.shards);
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let plan = Plan::new(&config)?;
+    let shard_count = plan.cpus.len();
     let listener = control::bind(&config.control.socket)?;
     let endpoint = endpoint_config(&config);
+    // Consecutive steering hints from a random base: a peer with N shards spreads our sessions
+    // over N of its shards, and different nodes start at different places.
+    let hint_base = u32::from_le_bytes(random_seed()?[..4].try_into().unwrap_or_default());
 
-    let mut handles = Vec::new();
+    // Every shard's control handle exists before any shard starts, so a shard can hand traffic
+    // to one that is still binding its sockets (the message waits in its channel).
+    let mut handles = Vec::with_capacity(shard_count);
+    let mut ends = Vec::with_capacity(shard_count);
+    for _ in 0..shard_count {
+        let (handle, rx, wake) = ShardHandle::new().context("cannot create an eventfd")?;
+        handles.push(handle);
+        ends.push((rx, wake));
+    }
+    let siblings: Arc<[ShardHandle]> = handles.clone().into();
+    let directory = Arc::new(PeerDirectory::new(config.peers.len(), shard_count));
+
     let mut threads: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
+    // With `listen`, every shard binds the same address (port resolved by the first one) into
+    // one reuseport group; a node that only dials gives each shard its own ephemeral port.
     let mut udp_addr = config.listen.unwrap_or_else(|| unspecified_for(&config));
     let mut map_addrs: Vec<SocketAddr> = config.maps.iter().map(|m| m.listen).collect();
-    for index in 0..shard_count {
-        let (handle, rx, wake) = ShardHandle::new().context("cannot create an eventfd")?;
+    for (index, (rx, wake)) in ends.into_iter().enumerate() {
         let setup = ShardSetup {
             index,
-            core: cores.get(index % cores.len().max(1)).copied(),
+            core: plan.cpus[index].map(|id| core_affinity::CoreId { id }),
             config: config.clone(),
             endpoint: EndpointConfig {
                 shard: index as u8,
+                steering_hint: hint_base.wrapping_add(index as u32),
                 ..endpoint.clone()
             },
             seed: random_seed()?,
@@ -55,8 +74,12 @@ pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
             map_addrs: map_addrs.clone(),
             control: rx,
             wake,
-            backend: io::BackendKind::IoUring,
-            gso: true,
+            backend: plan.backend,
+            gso: plan.gso,
+            steer: plan.steering && index == 0 && config.listen.is_some() && shard_count > 1,
+            shards: shard_count,
+            siblings: siblings.clone(),
+            directory: directory.clone(),
         };
         let (bound_tx, bound_rx) = crossbeam_channel::bounded(1);
         let thread = thread::Builder::new()
@@ -73,10 +96,10 @@ pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
                 ));
             }
         };
-        // Later shards bind the ports the first one got (they matter when a port was 0).
-        udp_addr = bound.udp;
+        if config.listen.is_some() {
+            udp_addr = bound.udp;
+        }
         map_addrs = bound.maps.clone();
-        handles.push(handle);
         threads.push(thread);
         if index == 0 {
             log_bound(&config, &bound);
@@ -87,6 +110,7 @@ pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         config_path: config_path.to_owned(),
         started: Instant::now(),
         shards: handles.clone(),
+        backend: plan.backend.name(),
     });
     thread::Builder::new()
         .name("control".into())
@@ -94,6 +118,7 @@ pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         .context("cannot start the control thread")?;
     tracing::info!(
         shards = shard_count,
+        backend = plan.backend.name(),
         control = %config.control.socket.display(),
         "engine ready"
     );
@@ -133,19 +158,58 @@ pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     }
 }
 
+/// How the dataplane runs on this host: shards and their CPUs, the I/O backend, GSO and
+/// steering, decided once before any shard starts.
+#[derive(Debug)]
+struct Plan {
+    /// One entry per shard: the CPU to pin it to, if any.
+    cpus: Vec<Option<usize>>,
+    backend: BackendKind,
+    gso: bool,
+    steering: bool,
+}
+
+impl Plan {
+    fn new(config: &Config) -> anyhow::Result<Self> {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let count = match config.shards {
+            Shards::Auto => cores.len().max(1),
+            Shards::Count(n) => n.get(),
+        };
+        let cpus = (0..count)
+            .map(|i| cores.get(i % cores.len().max(1)).map(|c| c.id))
+            .collect();
+        Ok(Self {
+            cpus,
+            backend: choose_backend(count)?,
+            gso: true,
+            steering: true,
+        })
+    }
+}
+
+/// io_uring where the kernel allows it, epoll otherwise (with a log line saying why).
+fn choose_backend(_shards: usize) -> anyhow::Result<BackendKind> {
+    match Io::new(BackendKind::IoUring) {
+        Ok(_probe) => Ok(BackendKind::IoUring),
+        Err(err) => {
+            tracing::warn!(%err, "io_uring is not available; using the epoll backend");
+            Ok(BackendKind::Epoll)
+        }
+    }
+}
+
 fn shard_main(
     setup: ShardSetup,
     bound_tx: crossbeam_channel::Sender<anyhow::Result<Bound>>,
 ) -> anyhow::Result<()> {
     let index = setup.index;
+    // Every log line of this thread names its shard.
+    let _span = tracing::info_span!("shard", id = index).entered();
     if let Some(core) = setup.core
         && !core_affinity::set_for_current(core)
     {
-        tracing::warn!(
-            shard = index,
-            core = core.id,
-            "cannot pin the shard to its core"
-        );
+        tracing::warn!(core = core.id, "cannot pin the shard to its core");
     }
     match Shard::new(setup) {
         Ok((shard, bound)) => {
@@ -159,18 +223,6 @@ fn shard_main(
             Ok(())
         }
     }
-}
-
-/// Shards this version runs. Session ids already carry their shard, but steering packets to
-/// the owning shard (and per-shard dialling) arrives with the thread-per-core work, so for now
-/// one shard serves everything whatever the config asks.
-fn effective_shards(requested: Shards) -> usize {
-    if let Shards::Count(n) = requested
-        && n.get() > 1
-    {
-        tracing::info!(requested = n.get(), "this version runs one dataplane shard");
-    }
-    1
 }
 
 fn log_bound(config: &Config, bound: &Bound) {

@@ -29,8 +29,11 @@ pub(crate) struct Peers {
 struct PeerState {
     name: String,
     addr: Option<SocketAddr>,
-    /// The established session carrying this peer's streams.
-    session: Option<SessionId>,
+    /// The established sessions with this peer on this shard, oldest first; new streams go
+    /// over the newest. A dialled peer has at most one (ours); a peer that dials us may keep one
+    /// per shard of its own, and after it restarts its old session lingers until a stateless
+    /// reset or the path timeout ends it.
+    sessions: Vec<SessionId>,
     /// The handshake in progress, when dialling.
     dial: Option<SessionId>,
     next_dial: Option<Instant>,
@@ -49,7 +52,7 @@ impl Peers {
                 .map(|p| PeerState {
                     name: p.name.clone(),
                     addr: p.addr,
-                    session: None,
+                    sessions: Vec::new(),
                     dial: None,
                     next_dial: None,
                     backoff: MIN_BACKOFF,
@@ -63,7 +66,7 @@ impl Peers {
     }
 
     pub(crate) fn session(&self, peer: usize) -> Option<SessionId> {
-        self.peers.get(peer)?.session
+        self.peers.get(peer)?.sessions.last().copied()
     }
 
     pub(crate) fn name(&self, peer: usize) -> &str {
@@ -138,7 +141,7 @@ impl Shard {
             return;
         };
         let id = self.endpoint.connect(now, addr);
-        tracing::info!(shard = self.index, peer = %self.peers.peers[p].name, %addr, "dialling peer");
+        tracing::info!(peer = %self.peers.peers[p].name, %addr, "dialling peer");
         self.peers.peers[p].dial = Some(id);
         self.peers.peers[p].next_dial = None;
         self.peers.by_session.insert(id, p);
@@ -170,7 +173,7 @@ impl Shard {
             };
             if deadline <= now {
                 self.counters.session_waits_expired += 1;
-                tracing::warn!(shard = self.index, peer = %self.peers.peers[p].name, "no session with the peer came up in time; closing the connection");
+                tracing::warn!(peer = %self.peers.peers[p].name, "no session with the peer came up in time; closing the connection");
                 self.abort(index, None);
             } else {
                 next = Some(next.map_or(deadline, |n: Instant| n.min(deadline)));
@@ -206,22 +209,26 @@ impl Shard {
                         Some(p)
                     }
                     None => {
-                        tracing::info!(shard = self.index, %remote, name = name.as_deref().unwrap_or("-"), "session accepted from a peer no `peers` entry names");
+                        tracing::info!(%remote, name = name.as_deref().unwrap_or("-"), "session accepted from a peer no `peers` entry names");
                         None
                     }
                 }
             }
         };
         let Some(p) = peer else { return };
-        let old = self.peers.peers[p].session.replace(session_id);
-        tracing::info!(shard = self.index, peer = %self.peers.peers[p].name, %remote, "session with peer up");
-        if let Some(old) = old.filter(|&old| old != session_id) {
-            // The peer reconnected (it restarted, or its address changed): the new session wins.
-            self.peers.by_session.remove(&old);
-            if let Some(session) = self.endpoint.session_mut(old) {
-                session.close(now, 0, b"replaced by a new session");
+        let state = &mut self.peers.peers[p];
+        tracing::info!(peer = %state.name, %remote, "session with peer up");
+        if state.addr.is_some() {
+            // Our own redial succeeded: any older session of ours with this peer is finished.
+            for old in std::mem::take(&mut state.sessions) {
+                self.peers.by_session.remove(&old);
+                if let Some(session) = self.endpoint.session_mut(old) {
+                    session.close(now, 0, b"replaced by a new session");
+                }
             }
         }
+        self.peers.peers[p].sessions.push(session_id);
+        self.directory.set(p, self.index, true);
         let waiting = std::mem::take(&mut self.peers.peers[p].waiting);
         self.peers.peers[p].wait_deadline = None;
         for index in waiting {
@@ -238,22 +245,23 @@ impl Shard {
         self.counters.sessions_closed += 1;
         self.abort_session_conns(session_id);
         let Some(p) = self.peers.by_session.remove(&session_id) else {
-            tracing::info!(shard = self.index, ?reason, "session closed");
+            tracing::info!(?reason, "session closed");
             return;
         };
         let state = &mut self.peers.peers[p];
-        let was_up = state.session == Some(session_id);
-        if was_up {
-            state.session = None;
+        let was_up = state.sessions.contains(&session_id);
+        state.sessions.retain(|&s| s != session_id);
+        if state.sessions.is_empty() {
+            self.directory.set(p, self.index, false);
         }
         if state.dial == Some(session_id) {
             state.dial = None;
         }
-        tracing::info!(shard = self.index, peer = %state.name, ?reason, "session with peer closed");
+        tracing::info!(peer = %state.name, ?reason, "session with peer closed");
         if state.addr.is_none()
             || !self.peers.dialling
             || state.dial.is_some()
-            || state.session.is_some()
+            || !state.sessions.is_empty()
         {
             return;
         }

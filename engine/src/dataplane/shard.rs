@@ -19,7 +19,8 @@ use engine_proto::wire::{SessionId, StreamId};
 use engine_proto::{Endpoint, EndpointConfig};
 
 use super::conn::Conns;
-use super::control::{ShardMsg, ShardStats};
+use super::control::{ShardHandle, ShardMsg, ShardStats};
+use super::handover::{PeerDirectory, Route, route};
 use super::io::{BackendKind, Completion, Io, IoOp, Op, Token};
 use super::peers::Peers;
 use super::udp::{self, SendSlot};
@@ -47,6 +48,14 @@ pub(crate) struct ShardSetup {
     pub(crate) backend: BackendKind,
     /// UDP GSO on send and GRO on receive.
     pub(crate) gso: bool,
+    /// Attach the reuseport steering program to the UDP socket (the first shard of a node with
+    /// `listen`; it applies to the whole group).
+    pub(crate) steer: bool,
+    /// How many shards the engine runs.
+    pub(crate) shards: usize,
+    /// Every shard's control handle (this one's included), for handing traffic to its owner.
+    pub(crate) siblings: Arc<[ShardHandle]>,
+    pub(crate) directory: Arc<PeerDirectory>,
 }
 
 /// What a shard reports once its sockets are bound.
@@ -70,9 +79,12 @@ pub(crate) struct Shard {
     /// Never dropped while operations are in flight: [`Shard::run`] leaks the shard on exit.
     pub(crate) io: Io,
     pub(crate) index: usize,
+    pub(crate) shards: usize,
     pub(crate) config: Arc<Config>,
     pub(crate) endpoint: Endpoint,
     pub(crate) udp: OwnedFd,
+    /// The UDP socket is one of the shards' shared reuseport group (the node has `listen`).
+    shared_udp: bool,
     udp_recv_armed: bool,
     // Boxed: the kernel holds pointers into a slot (its message header points at its own
     // fields) until the send completes, so a slot must never move.
@@ -86,6 +98,8 @@ pub(crate) struct Shard {
     pub(crate) peers: Peers,
     pub(crate) counters: Counters,
     control: Receiver<ShardMsg>,
+    pub(crate) siblings: Arc<[ShardHandle]>,
+    pub(crate) directory: Arc<PeerDirectory>,
     wake: Arc<OwnedFd>,
     wake_buf: Box<u64>,
     wake_armed: bool,
@@ -128,6 +142,8 @@ impl Shard {
         let shard = Self {
             io,
             index: setup.index,
+            shards: setup.shards,
+            shared_udp: setup.config.listen.is_some(),
             endpoint: Endpoint::new(setup.endpoint, setup.seed),
             config: setup.config,
             udp,
@@ -141,6 +157,8 @@ impl Shard {
             peers,
             counters: Counters::default(),
             control: setup.control,
+            siblings: setup.siblings,
+            directory: setup.directory,
             wake: setup.wake,
             wake_buf: Box::new(0),
             wake_armed: false,
@@ -292,7 +310,7 @@ impl Shard {
         }
         let Some(bid) = c.buffer else {
             if c.result < 0 && c.result != -libc::ENOBUFS {
-                tracing::debug!(shard = self.index, err = %io::Error::from_raw_os_error(-c.result), "UDP receive failed");
+                tracing::debug!(err = %io::Error::from_raw_os_error(-c.result), "UDP receive failed");
             }
             return;
         };
@@ -304,7 +322,25 @@ impl Shard {
                 for datagram in payload.chunks_mut(segment) {
                     self.counters.udp_datagrams_received += 1;
                     self.counters.udp_bytes_received += datagram.len() as u64;
-                    self.endpoint.handle_datagram(now, received.from, datagram);
+                    let from = received.from;
+                    match route(datagram, self.index, self.shards, self.shared_udp) {
+                        Route::Local => self.endpoint.handle_datagram(now, from, datagram),
+                        Route::Owner(owner) => {
+                            self.counters.packets_handed_over += 1;
+                            let data = datagram.to_vec();
+                            self.siblings[owner].send(ShardMsg::Datagram { from, data });
+                        }
+                        Route::Everyone => {
+                            for (i, sibling) in self.siblings.iter().enumerate() {
+                                if i != self.index {
+                                    self.counters.packets_handed_over += 1;
+                                    let data = datagram.to_vec();
+                                    sibling.send(ShardMsg::Datagram { from, data });
+                                }
+                            }
+                            self.endpoint.handle_datagram(now, from, datagram);
+                        }
+                    }
                 }
             }
             None => self.counters.udp_receive_errors += 1,
@@ -323,10 +359,7 @@ impl Shard {
                 // The kernel or the device refuses UDP GSO: send this batch one datagram at a
                 // time, and every later one too.
                 self.gso = false;
-                tracing::info!(
-                    shard = self.index,
-                    "UDP GSO refused by the kernel; sending one datagram per call"
-                );
+                tracing::info!("UDP GSO refused by the kernel; sending one datagram per call");
             }
             if batch && !self.gso {
                 if let Some(destination) = slot.destination {
@@ -351,6 +384,15 @@ impl Shard {
                     let _ = reply.send(self.stats());
                 }
                 ShardMsg::Shutdown => self.begin_shutdown(now),
+                ShardMsg::Datagram { from, mut data } => {
+                    self.counters.packets_taken_over += 1;
+                    self.endpoint.handle_datagram(now, from, &mut data);
+                }
+                ShardMsg::Connection { fd, map } => {
+                    if self.shutdown_at.is_none() {
+                        self.start_connection(now, fd, map, true);
+                    }
+                }
             }
         }
     }
@@ -359,7 +401,7 @@ impl Shard {
         if self.shutdown_at.is_some() {
             return;
         }
-        tracing::info!(shard = self.index, "shutting down: closing sessions");
+        tracing::info!("shutting down: closing sessions");
         self.shutdown_at = Some(now + SHUTDOWN_GRACE);
         let ids: Vec<SessionId> = self.endpoint.sessions().map(|s| s.local_id()).collect();
         for id in ids {

@@ -21,6 +21,9 @@ pub(crate) struct Counters {
     pub(crate) session_waits_expired: u64,
     pub(crate) sessions_closed: u64,
     pub(crate) datagrams_dropped: u64,
+    pub(crate) packets_handed_over: u64,
+    pub(crate) packets_taken_over: u64,
+    pub(crate) connections_handed_over: u64,
 }
 
 /// One shard's contribution to [`Stats`].
@@ -41,6 +44,9 @@ pub(crate) fn snapshot(shard: &Shard) -> Stats {
         sessions_closed: c.sessions_closed,
         send_errors: c.udp_send_errors,
         datagrams_dropped: c.datagrams_dropped,
+        packets_handed_over: c.packets_handed_over,
+        packets_taken_over: c.packets_taken_over,
+        connections_handed_over: c.connections_handed_over,
         ..Stats::default()
     };
     for session in shard.endpoint.sessions() {
@@ -75,4 +81,7 @@ pub(crate) fn add(total: &mut Stats, shard: &Stats) {
     total.sessions_closed += shard.sessions_closed;
     total.send_errors += shard.send_errors;
     total.datagrams_dropped += shard.datagrams_dropped;
+    total.packets_handed_over += shard.packets_handed_over;
+    total.packets_taken_over += shard.packets_taken_over;
+    total.connections_handed_over += shard.connections_handed_over;
 }

@@ -47,11 +47,14 @@ pub struct NodeConfig {
     pub allow: Vec<(u32, SocketAddr)>,
     pub control: PathBuf,
     pub log_level: String,
+    /// Dataplane shards (`CORETUN_TEST_SHARDS`, default 1).
+    pub shards: usize,
 }
 
 impl NodeConfig {
     /// A node called `name` with nothing configured; its control socket lives in `dir`.
-    /// `CORETUN_TEST_LOG` overrides the log level (default `info`).
+    /// `CORETUN_TEST_LOG` overrides the log level (default `info`), `CORETUN_TEST_SHARDS` the
+    /// shard count (default 1).
     pub fn new(dir: &TestDir, name: &str) -> Self {
         Self {
             name: Some(name.to_owned()),
@@ -62,7 +65,16 @@ impl NodeConfig {
             allow: Vec::new(),
             control: dir.path().join(format!("{name}.sock")),
             log_level: std::env::var("CORETUN_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            shards: std::env::var("CORETUN_TEST_SHARDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1),
         }
+    }
+
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
     }
 
     pub fn listen(mut self, addr: SocketAddr) -> Self {
@@ -108,7 +120,7 @@ impl NodeConfig {
         }
         line(format!("key: \"{}\"", self.key));
         line("profile: fast2".to_owned());
-        line("shards: 1".to_owned());
+        line(format!("shards: {}", self.shards));
         line(list_header("peers", self.peers.is_empty()));
         for (name, addr) in &self.peers {
             line(format!("  - name: {name}"));

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! byte 0:   version (3 bits) | key phase (1 bit) | packet type (4 bits)
-//! 1..5:     receiver's session id (u32, big endian; its top byte is the owning shard)
+//! 1..5:     receiver's session id (u32, big endian; its top byte is the owning shard);
+//!           in a handshake init, which has no receiver id yet, the dialler's steering hint
 //! 5..9:     data packets only: the low 32 bits of the packet number (big endian)
 //! ```
 //!
@@ -22,7 +23,8 @@ use super::{Reader, SessionId, VERSION, WireError, Writer};
 /// What a packet carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PacketType {
-    /// Noise message 1, from the dialling side. Addressed to [`SessionId::NONE`].
+    /// Noise message 1, from the dialling side. It has no receiver id yet: the session-id field
+    /// carries the dialler's steering hint instead (see `EndpointConfig::steering_hint`).
     HandshakeInit = 1,
     /// Noise message 2, addressed to the initiator's session id.
     HandshakeResponse = 2,

@@ -116,7 +116,7 @@ pub(crate) struct Io {
 
 #[derive(Debug)]
 enum Backend {
-    Uring(uring::Uring),
+    Uring(Box<uring::Uring>),
     Epoll(epoll::Epoll),
 }
 
@@ -131,7 +131,7 @@ impl Io {
                 let udp_bufs = uring.buf_ring(0, UDP_BUFFERS, udp_size)?;
                 let tcp_bufs = uring.buf_ring(1, TCP_BUFFERS, TCP_BUFFER_SIZE)?;
                 Self {
-                    backend: Backend::Uring(uring),
+                    backend: Backend::Uring(Box::new(uring)),
                     udp_bufs,
                     tcp_bufs,
                 }

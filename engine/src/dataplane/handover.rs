@@ -1,0 +1,156 @@
+//! Traffic that reached the wrong shard: deciding which shard owns a datagram, handing
+//! datagrams and accepted connections to their owner, and the directory of which shards hold a
+//! session with which peer.
+//!
+//! Packets normally land on their owner already (the reuseport steering program reads the shard
+//! from the session id; a node that only dials gives every shard its own UDP port). What still
+//! arrives elsewhere (no steering program, a shard not yet bound, a session of another shard
+//! count) crosses over the control channel: rare by construction, so a copy and an eventfd
+//! write per packet are fine there, and never on the normal path.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use engine_proto::wire::{Header, PacketType};
+
+/// Where a received datagram is processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// By the shard that received it.
+    Local,
+    /// By shard `n`, which owns the session it is addressed to.
+    Owner(usize),
+    /// By every shard: a stateless reset names the *peer's* session id, so it says nothing
+    /// about which of our shards owns the session it ends; each shard checks its own.
+    Everyone,
+}
+
+/// Which shard processes `datagram`, received by shard `me` of `shards`. `shared_socket`: the
+/// shards share one reuseport UDP socket (a node with `listen`); otherwise each shard has its
+/// own port and only its own sessions' packets reach it.
+pub(crate) fn route(datagram: &[u8], me: usize, shards: usize, shared_socket: bool) -> Route {
+    if shards < 2 {
+        return Route::Local;
+    }
+    let Some(&first) = datagram.first() else {
+        return Route::Local;
+    };
+    let ty = first & 0x0f;
+    if ty == PacketType::StatelessReset as u8 {
+        return if shared_socket {
+            Route::Everyone
+        } else {
+            Route::Local
+        };
+    }
+    // Handshake inits may be accepted by any shard; anything malformed is the local
+    // endpoint's to count.
+    if ty != PacketType::Data as u8 && ty != PacketType::HandshakeResponse as u8 {
+        return Route::Local;
+    }
+    match datagram.get(Header::SESSION_ID_OFFSET) {
+        Some(&owner) if usize::from(owner) != me && usize::from(owner) < shards => {
+            Route::Owner(usize::from(owner))
+        }
+        // Our own, or owned by a shard that does not exist (a session from before a restart
+        // with more shards): the local endpoint answers it (with a stateless reset).
+        _ => Route::Local,
+    }
+}
+
+/// Which shards hold an established session with which peer. Written by a shard when its
+/// sessions with a peer come and go, read when a connection accepted on a map finds no session
+/// with the map's peer on its own shard (a peer that dials us may have fewer shards than we do).
+#[derive(Debug)]
+pub(crate) struct PeerDirectory {
+    shards: usize,
+    up: Vec<AtomicBool>,
+}
+
+impl PeerDirectory {
+    pub(crate) fn new(peers: usize, shards: usize) -> Self {
+        Self {
+            shards,
+            up: (0..peers * shards)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn set(&self, peer: usize, shard: usize, up: bool) {
+        if shard < self.shards
+            && let Some(flag) = self.up.get(peer * self.shards + shard)
+        {
+            flag.store(up, Ordering::Relaxed);
+        }
+    }
+
+    /// A shard other than `me` with a session to `peer`, searching from the one after `me` so
+    /// that different shards hand over to different owners.
+    pub(crate) fn other_with_session(&self, peer: usize, me: usize) -> Option<usize> {
+        (1..self.shards)
+            .map(|step| (me + step) % self.shards)
+            .find(|&shard| {
+                self.up
+                    .get(peer * self.shards + shard)
+                    .is_some_and(|flag| flag.load(Ordering::Relaxed))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(ty: PacketType, shard: u8) -> Vec<u8> {
+        let mut p = vec![0u8; 32];
+        p[0] = (1 << 5) | ty as u8;
+        p[1] = shard;
+        p
+    }
+
+    #[test]
+    fn data_goes_to_the_shard_in_the_session_id() {
+        let data = packet(PacketType::Data, 2);
+        assert_eq!(route(&data, 0, 4, true), Route::Owner(2));
+        assert_eq!(route(&data, 2, 4, true), Route::Local);
+        assert_eq!(route(&data, 0, 4, false), Route::Owner(2));
+        assert_eq!(route(&data, 0, 1, true), Route::Local);
+        // A shard that does not exist (the peer's session predates a restart with fewer
+        // shards): answered locally.
+        assert_eq!(
+            route(&packet(PacketType::Data, 9), 0, 4, true),
+            Route::Local
+        );
+        let response = packet(PacketType::HandshakeResponse, 1);
+        assert_eq!(route(&response, 0, 2, true), Route::Owner(1));
+    }
+
+    #[test]
+    fn inits_stay_and_resets_go_everywhere_on_a_shared_socket() {
+        assert_eq!(
+            route(&packet(PacketType::HandshakeInit, 3), 0, 4, true),
+            Route::Local
+        );
+        let reset = packet(PacketType::StatelessReset, 3);
+        assert_eq!(route(&reset, 0, 4, true), Route::Everyone);
+        assert_eq!(route(&reset, 0, 4, false), Route::Local);
+        assert_eq!(route(&[], 0, 4, true), Route::Local);
+        assert_eq!(route(&[0x23], 0, 4, true), Route::Local);
+    }
+
+    #[test]
+    fn directory_finds_another_shard_with_a_session() {
+        let directory = PeerDirectory::new(2, 3);
+        assert_eq!(directory.other_with_session(1, 0), None);
+        directory.set(1, 0, true);
+        assert_eq!(directory.other_with_session(1, 0), None, "only ourselves");
+        assert_eq!(directory.other_with_session(1, 2), Some(0));
+        directory.set(1, 2, true);
+        assert_eq!(directory.other_with_session(1, 0), Some(2));
+        assert_eq!(directory.other_with_session(1, 1), Some(2));
+        assert_eq!(directory.other_with_session(0, 1), None);
+        directory.set(1, 2, false);
+        directory.set(7, 9, true);
+        assert_eq!(directory.other_with_session(1, 1), Some(0));
+    }
+}
