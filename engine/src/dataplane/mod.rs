@@ -1,6 +1,7 @@
 //! The dataplane: shard threads (one io_uring loop each), the control thread, and the process's
 //! lifecycle (start-up, readiness, signals, shutdown).
 
+mod checks;
 mod conn;
 mod control;
 mod forward;
@@ -9,6 +10,7 @@ mod ring;
 mod shard;
 mod sockaddr;
 mod stats;
+mod steer;
 mod tcp;
 mod udp;
 
