@@ -16,7 +16,7 @@
 //! sessions over the shards. Every other type returns the shard byte.
 //!
 //! What the kernel does with other answers (checked in `run_bpf_filter` and
-//! `reuseport_select_sock`): an index `>= ` the group's socket count makes `run_bpf_filter`
+//! `reuseport_select_sock`): an index at or above the group's socket count makes `run_bpf_filter`
 //! return NULL, and `reuseport_select_sock` then falls back to `reuseport_select_sock_by_hash`,
 //! the ordinary 4-tuple hash. So a shard byte that names no shard (garbage, or a peer's stale
 //! id) still reaches some shard, which hands it over or drops it; nothing is lost to steering.
