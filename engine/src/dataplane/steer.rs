@@ -24,9 +24,6 @@
 //! out-of-bounds load would also be harmless (it ends a classic BPF program with return value
 //! 0, which would pile such packets on shard 0), but the explicit check spreads them.
 
-// wired by the dataplane in the same change
-#![allow(dead_code)]
-
 use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd};
