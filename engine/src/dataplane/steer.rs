@@ -11,9 +11,9 @@
 //! * bytes 1..5: the receiver's session id, u32 big endian, whose top byte (offset 1) is the
 //!   owning shard.
 //!
-//! A handshake init (type 1) has no session at the receiver yet; its id field carries a random
-//! steering hint from the initiator, and the program returns `hint % shards`, spreading new
-//! sessions over the shards. Every other type returns the shard byte.
+//! A handshake init (type 1) has no session at the receiver yet; its id field carries a steering
+//! hint from the initiator (consecutive for its shards, from a random base), and the program
+//! returns `hint % shards`, spreading a peer's sessions over our shards. Every other type returns the shard byte.
 //!
 //! What the kernel does with other answers (checked in `run_bpf_filter` and
 //! `reuseport_select_sock`): an index at or above the group's socket count makes `run_bpf_filter`
