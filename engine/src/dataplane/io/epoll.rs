@@ -75,6 +75,10 @@ struct FdState {
     registered: bool,
     /// UDP sends on this descriptor wait for it to become writable.
     send_blocked: bool,
+    /// The last TCP receive emptied the socket (it hit EAGAIN, or read less than it asked
+    /// for) and no readiness was reported since: the next receive waits for an event instead
+    /// of trying a read that would only say EAGAIN.
+    read_drained: bool,
     udp_recv: Option<Token>,
     accept: Option<Token>,
     tcp_recv: Option<Token>,
@@ -154,7 +158,7 @@ impl Epoll {
         // SAFETY: a fresh descriptor that nothing else owns.
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: all-zero is valid for these plain C structs (null pointers, zero lengths).
-        let recv = unsafe { Box::<RecvBatch>::new_zeroed().assume_init() };
+        let recv: Box<RecvBatch> = Box::new(unsafe { mem::zeroed() });
         Ok(Self {
             epoll,
             fds: Vec::new(),
@@ -216,7 +220,14 @@ impl Epoll {
             }
             IoOp::TcpRecv { .. } => {
                 state.tcp_recv = Some(token);
-                self.tcp_recv(fd, tcp);
+                if state.read_drained {
+                    // Safe to wait: a registration still in place has reported (or will
+                    // report) anything since the drain, and a refreshed one reports the
+                    // current readiness.
+                    self.register(fd);
+                } else {
+                    self.tcp_recv(fd, tcp);
+                }
             }
             IoOp::TcpSend { buf, len, .. } => {
                 state.tcp_send = Some((token, buf, len));
@@ -377,7 +388,8 @@ impl Epoll {
             }
         }
         if flags & READ_EVENTS != 0 {
-            let state = &self.fds[fd as usize];
+            let state = &mut self.fds[fd as usize];
+            state.read_drained = false;
             let (udp_recv, accept, tcp_recv, eventfd) = (
                 state.udp_recv.is_some(),
                 state.accept.is_some(),
@@ -565,6 +577,8 @@ impl Epoll {
                         name_len,
                     )
                 };
+                // `msg_controllen` is a size_t with glibc but a socklen_t with musl.
+                #[allow(clippy::unnecessary_cast)]
                 let control_len = (msg.msg_hdr.msg_controllen as usize).min(CONTROL_LEN);
                 // SAFETY: as above, `control_len` bytes of the control buffer.
                 let control = unsafe {
@@ -667,7 +681,9 @@ impl Epoll {
                 )
             };
             if rc >= 0 {
-                self.fds[fd as usize].tcp_recv = None;
+                let state = &mut self.fds[fd as usize];
+                state.tcp_recv = None;
+                state.read_drained = rc > 0 && (rc as usize) < tcp.buffer_size();
                 self.ready.push(Completion {
                     token,
                     result: i32::try_from(rc).unwrap_or(i32::MAX),
@@ -680,6 +696,7 @@ impl Epoll {
                 libc::EINTR => {}
                 libc::EAGAIN => {
                     tcp.recycle(bid);
+                    self.fds[fd as usize].read_drained = true;
                     self.register(fd);
                     return;
                 }
