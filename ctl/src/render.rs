@@ -73,6 +73,7 @@ fn stat_rows(stats: &Stats) -> Vec<(&'static str, String)> {
         ("sessions closed", stats.sessions_closed.to_string()),
         ("packets handed over", stats.packets_handed_over.to_string()),
         ("packets taken over", stats.packets_taken_over.to_string()),
+        ("handover dropped", stats.handover_dropped.to_string()),
         (
             "connections handed over",
             stats.connections_handed_over.to_string(),

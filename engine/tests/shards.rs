@@ -77,9 +77,9 @@ fn sixty_four_connections_spread_over_two_shards_on_both_ends() {
         assert!(shard.streams_connected > 0, "server shard {i}: {server:#?}");
         assert!(shard.packets_received > 0, "server shard {i}: {server:#?}");
     }
-    // The steering program delivered every packet to its owner.
+    // The steering program delivered every packet to its owner. (The client only dials: each
+    // of its shards has its own port, so nothing can reach the wrong one there.)
     assert_eq!(server.packets_handed_over, 0, "server: {server:#?}");
-    assert_eq!(client.packets_handed_over, 0, "client: {client:#?}");
     assert_eq!(server.connects_failed, 0, "server: {server:#?}");
 }
 
@@ -109,17 +109,18 @@ fn misrouted_packets_are_handed_over_and_counted() {
     wait_echo(addr, "echo through the tunnel", SESSION_TIMEOUT);
     concurrent_echoes(addr, 16, 0x5B00);
 
-    let stats = client.stats();
+    // Shards answer `ctl stats` one after another while keepalives may still cross over, so
+    // wait for a snapshot in which both sides of the handover agree.
+    let stats = client.wait_stats("handed-over packets all taken over", SESSION_TIMEOUT, |s| {
+        s.packets_handed_over == s.packets_taken_over
+    });
     eprintln!(
         "client handed over per shard {:?}, taken over {:?}",
         per_shard(&stats, |s| s.packets_handed_over),
         per_shard(&stats, |s| s.packets_taken_over)
     );
     assert!(stats.packets_handed_over > 0, "client: {stats:#?}");
-    assert_eq!(
-        stats.packets_handed_over, stats.packets_taken_over,
-        "every handed-over packet reached its owner: {stats:#?}"
-    );
+    assert_eq!(stats.handover_dropped, 0, "client: {stats:#?}");
     for (i, shard) in stats.per_shard.iter().enumerate() {
         assert_eq!(shard.sessions, 1, "client shard {i}: {stats:#?}");
     }

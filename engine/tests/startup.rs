@@ -41,7 +41,12 @@ fn a_cpu_list_naming_an_offline_cpu_stops_the_engine() {
 
 #[test]
 fn more_shards_than_cpus_runs_with_a_warning() {
-    let shards = online_cpus().len() * 2;
+    // Twice the CPUs, within the 255 shards a session id can name.
+    let shards = (online_cpus().len() * 2).min(255);
+    if shards <= online_cpus().len() {
+        // A box with 128+ CPUs cannot oversubscribe within the limit; nothing to check there.
+        return;
+    }
     let dir = TestDir::new("startup-shards");
     let config = NodeConfig::new(&dir, "node")
         .shards(shards)

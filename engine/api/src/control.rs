@@ -197,6 +197,8 @@ pub struct Stats {
     /// Datagrams this shard received from other shards (the other side of
     /// `packets_handed_over`).
     pub packets_taken_over: u64,
+    /// Misrouted datagrams dropped because their owner's handover queue was full.
+    pub handover_dropped: u64,
     /// Accepted connections passed to another shard because only that shard had a session
     /// with the map's peer.
     pub connections_handed_over: u64,

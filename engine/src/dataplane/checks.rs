@@ -124,7 +124,7 @@ pub(crate) fn plan_shards(
 // rsrc}.c): `io_uring_create` records the user for accounting unless the process has
 // CAP_IPC_LOCK in the initial user namespace (`ns_capable_noaudit(&init_user_ns, ...)`; plain
 // `capable()` before 6.6). Since the memory-region rework (6.13/6.14) a provided-buffer ring,
-// whether its pages come from us (our mmap, as `ring::BufRing` does) or from the kernel, is an
+// whether its pages come from us (our mmap, as `io::Buffers::ring` does) or from the kernel, is an
 // `io_create_region`, which charges its pages with `__io_account_mem` to the user's `locked_vm`
 // and fails with ENOMEM once that would pass RLIMIT_MEMLOCK (the soft limit, in pages). Older
 // kernels pinned a user-provided buffer ring without charging it, so the check below is
@@ -220,6 +220,46 @@ fn is_initial_user_namespace(uid_map: &str) -> bool {
         .filter(|fields: &Vec<&str>| !fields.is_empty())
         .collect();
     matches!(lines.as_slice(), [fields] if fields.as_slice() == ["0", "0", "4294967295"])
+}
+
+/// The oldest kernel whose io_uring has everything the backend uses: multishot `RecvMsg` (6.0);
+/// provided-buffer rings and `AsyncCancel2` by descriptor came in 5.19.
+const URING_MIN_KERNEL: (u32, u32) = (6, 0);
+
+/// Whether the running kernel is new enough for the io_uring backend. Older kernels accept the
+/// ring and its buffer rings but fail every multishot receive, which a probe ring would not
+/// show, so the version decides.
+pub(crate) fn uring_kernel_check() -> Result<(), String> {
+    // SAFETY: uname fills the struct it is given.
+    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut name) } != 0 {
+        return Err(format!(
+            "cannot read the kernel version: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: uname NUL-terminates `release`.
+    let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) };
+    uring_kernel_verdict(&release.to_string_lossy())
+}
+
+fn uring_kernel_verdict(release: &str) -> Result<(), String> {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().ok());
+    let version = match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor),
+        // Unknown format: let the probe ring decide.
+        _ => return Ok(()),
+    };
+    if version >= URING_MIN_KERNEL {
+        Ok(())
+    } else {
+        Err(format!(
+            "the io_uring backend needs Linux {}.{} or newer (multishot receives); this is {release}",
+            URING_MIN_KERNEL.0, URING_MIN_KERNEL.1
+        ))
+    }
 }
 
 #[cfg(test)]

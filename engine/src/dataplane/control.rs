@@ -1,5 +1,6 @@
-//! The control plane: messages to shards (a channel plus an eventfd that wakes the shard's
-//! ring), and the Unix socket `ctl` talks to.
+//! The control plane: messages to shards (channels plus an eventfd that wakes the shard's I/O
+//! loop), used by the control thread and by shards handing traffic to each other, and the Unix
+//! socket `ctl` talks to.
 //!
 //! Shards are never blocked by the control thread: it sends a message, writes the eventfd, and
 //! waits (bounded) for the answer; the shard answers between two rounds of its loop.
@@ -29,11 +30,6 @@ const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) enum ShardMsg {
     Stats(Sender<ShardStats>),
     Shutdown,
-    /// A datagram another shard received for a session this shard owns.
-    Datagram {
-        from: SocketAddr,
-        data: Vec<u8>,
-    },
     /// A connection another shard accepted on map `map` (an index into the config's `maps`)
     /// while only this shard had a session with the map's peer.
     Connection {
@@ -51,16 +47,32 @@ pub(crate) enum ShardMsg {
 /// A shard's answer to [`ShardMsg::Stats`].
 pub(crate) type ShardStats = Stats;
 
-/// The control side's handle on one shard.
+/// Datagrams waiting to be handed to one shard, at most. The network decides how many
+/// datagrams reach the wrong shard (spoofed resets are fanned out to every shard), so the queue
+/// is bounded: beyond it they are dropped and counted, and the ARQ resends what mattered.
+const HANDOVER_QUEUE: usize = 1024;
+
+/// A datagram another shard received for a session this shard owns: sender and bytes.
+pub(crate) type HandedDatagram = (SocketAddr, Vec<u8>);
+
+/// The handle on one shard, held by the control thread and by every shard.
 #[derive(Debug, Clone)]
 pub(crate) struct ShardHandle {
     tx: Sender<ShardMsg>,
+    datagrams: Sender<HandedDatagram>,
     wake: Arc<OwnedFd>,
 }
 
+/// A shard's ends of its [`ShardHandle`].
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    pub(crate) control: Receiver<ShardMsg>,
+    pub(crate) datagrams: Receiver<HandedDatagram>,
+}
+
 impl ShardHandle {
-    /// A handle and the shard's ends: its receiver and its eventfd.
-    pub(crate) fn new() -> io::Result<(Self, Receiver<ShardMsg>, Arc<OwnedFd>)> {
+    /// A handle and the shard's ends: its inbox and its eventfd.
+    pub(crate) fn new() -> io::Result<(Self, Inbox, Arc<OwnedFd>)> {
         // Blocking: a ring read of a non-blocking eventfd may complete with EAGAIN on some
         // kernels instead of waiting. Writes never block (the counter cannot overflow here).
         // SAFETY: eventfd(2) returns a new descriptor or -1.
@@ -70,23 +82,40 @@ impl ShardHandle {
         }
         // SAFETY: `fd` is a fresh descriptor owned by nobody else.
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
-        let (tx, rx) = crossbeam_channel::unbounded();
+        // Control messages are few (requests from `ctl`, connections and session news from
+        // other shards, each bounded by local events), so their channel is unbounded.
+        let (tx, control) = crossbeam_channel::unbounded();
+        let (datagrams_tx, datagrams) = crossbeam_channel::bounded(HANDOVER_QUEUE);
         Ok((
             Self {
                 tx,
+                datagrams: datagrams_tx,
                 wake: wake.clone(),
             },
-            rx,
+            Inbox { control, datagrams },
             wake,
         ))
     }
 
     pub(crate) fn send(&self, msg: ShardMsg) {
         if self.tx.send(msg).is_ok() {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
-            unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            self.wake();
         }
+    }
+
+    /// Queues a datagram for this shard; `false` (dropped) when its queue is full.
+    pub(crate) fn hand_datagram(&self, from: SocketAddr, data: Vec<u8>) -> bool {
+        let queued = self.datagrams.try_send((from, data)).is_ok();
+        if queued {
+            self.wake();
+        }
+        queued
+    }
+
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
     fn stats(&self) -> Option<Stats> {

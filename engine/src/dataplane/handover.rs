@@ -5,12 +5,16 @@
 //! Packets normally land on their owner already (the reuseport steering program reads the shard
 //! from the session id; a node that only dials gives every shard its own UDP port). What still
 //! arrives elsewhere (no steering program, a shard not yet bound, a session of another shard
-//! count) crosses over the control channel: rare by construction, so a copy and an eventfd
-//! write per packet are fine there, and never on the normal path.
+//! count) crosses over to the owner's bounded handover queue: a copy and an eventfd write per
+//! packet, never on the normal path. Rare for a node that only dials (each shard has its own
+//! port) and for steered packets; not rare when a node with `listen` also dials peers that listen
+//! too: the replies to all its shards' sessions then come from one address to one port, UDP GRO
+//! may coalesce replies for several sessions into one receive, and the steering program sees
+//! only the first (`packets_handed_over` shows it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use engine_proto::wire::{Header, PacketType};
+use engine_proto::wire::{Header, PacketType, StatelessReset};
 
 /// Where a received datagram is processed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +40,9 @@ pub(crate) fn route(datagram: &[u8], me: usize, shards: usize, shared_socket: bo
     };
     let ty = first & 0x0f;
     if ty == PacketType::StatelessReset as u8 {
-        return if shared_socket {
+        // Only a datagram of exactly a reset's size is copied to every shard: anything else
+        // with this type is garbage for the local endpoint to count.
+        return if shared_socket && datagram.len() == StatelessReset::LEN {
             Route::Everyone
         } else {
             Route::Local
@@ -102,7 +108,12 @@ mod tests {
     use super::*;
 
     fn packet(ty: PacketType, shard: u8) -> Vec<u8> {
-        let mut p = vec![0u8; 32];
+        let len = if ty == PacketType::StatelessReset {
+            StatelessReset::LEN
+        } else {
+            32
+        };
+        let mut p = vec![0u8; len];
         p[0] = (1 << 5) | ty as u8;
         p[1] = shard;
         p
@@ -134,6 +145,9 @@ mod tests {
         let reset = packet(PacketType::StatelessReset, 3);
         assert_eq!(route(&reset, 0, 4, true), Route::Everyone);
         assert_eq!(route(&reset, 0, 4, false), Route::Local);
+        let mut long_reset = reset.clone();
+        long_reset.push(0);
+        assert_eq!(route(&long_reset, 0, 4, true), Route::Local);
         assert_eq!(route(&[], 0, 4, true), Route::Local);
         assert_eq!(route(&[0x23], 0, 4, true), Route::Local);
     }

@@ -1,5 +1,5 @@
-//! The dataplane: shard threads (one io_uring loop each), the control thread, and the process's
-//! lifecycle (start-up, readiness, signals, shutdown).
+//! The dataplane: shard threads (one I/O loop each, on io_uring or epoll), the control thread,
+//! and the process's lifecycle (start-up checks, readiness, signals, shutdown).
 
 mod checks;
 mod conn;
@@ -49,9 +49,9 @@ pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let mut handles = Vec::with_capacity(shard_count);
     let mut ends = Vec::with_capacity(shard_count);
     for _ in 0..shard_count {
-        let (handle, rx, wake) = ShardHandle::new().context("cannot create an eventfd")?;
+        let (handle, inbox, wake) = ShardHandle::new().context("cannot create an eventfd")?;
         handles.push(handle);
-        ends.push((rx, wake));
+        ends.push((inbox, wake));
     }
     let siblings: Arc<[ShardHandle]> = handles.clone().into();
     let directory = Arc::new(PeerDirectory::new(config.peers.len(), shard_count));
@@ -61,7 +61,7 @@ pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     // one reuseport group; a node that only dials gives each shard its own ephemeral port.
     let mut udp_addr = config.listen.unwrap_or_else(|| unspecified_for(&config));
     let mut map_addrs: Vec<SocketAddr> = config.maps.iter().map(|m| m.listen).collect();
-    for (index, (rx, wake)) in ends.into_iter().enumerate() {
+    for (index, (inbox, wake)) in ends.into_iter().enumerate() {
         let setup = ShardSetup {
             index,
             core: plan.cpus[index].map(|id| core_affinity::CoreId { id }),
@@ -74,7 +74,7 @@ pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
             seed: random_seed()?,
             udp_addr,
             map_addrs: map_addrs.clone(),
-            control: rx,
+            inbox,
             wake,
             backend: plan.backend,
             gso: plan.gso,
@@ -198,6 +198,7 @@ impl Plan {
 /// a log line saying which and why; a forced io_uring that cannot run is an error.
 fn choose_backend(wanted: Backend, shards: usize) -> anyhow::Result<BackendKind> {
     let usable = || -> Result<(), String> {
+        checks::uring_kernel_check()?;
         checks::memlock_check(Io::uring_pinned_bytes(), shards)?;
         // A ring with its buffer rings, dropped at once: the only reliable test of whether
         // io_uring works here (seccomp, `kernel.io_uring_disabled`, old kernels).

@@ -11,6 +11,7 @@ use engine_api::config::Config;
 use engine_proto::wire::SessionId;
 use engine_proto::{CloseReason, Endpoint, SessionEvent};
 
+use super::conn::ConnState;
 use super::control::ShardMsg;
 use super::shard::Shard;
 
@@ -39,7 +40,7 @@ struct PeerState {
     dial: Option<SessionId>,
     next_dial: Option<Instant>,
     backoff: Duration,
-    /// Connections waiting for `session`, with their deadlines kept in the connections.
+    /// Connections waiting for a session, with their deadlines kept in the connections.
     waiting: Vec<usize>,
     wait_deadline: Option<Instant>,
 }
@@ -169,7 +170,7 @@ impl Shard {
         let mut next = None;
         for index in waiting {
             let deadline = match self.conns.by_index(index).map(|c| c.state) {
-                Some(super::conn::ConnState::WaitingSession { deadline, .. }) => deadline,
+                Some(ConnState::WaitingSession { deadline, .. }) => deadline,
                 _ => continue,
             };
             if deadline <= now {
@@ -261,6 +262,14 @@ impl Shard {
         let waiting = std::mem::take(&mut state.waiting);
         state.wait_deadline = None;
         for index in waiting {
+            // Only a connection still waiting has no operation in flight and may leave.
+            let waiting = self
+                .conns
+                .by_index(index)
+                .is_some_and(|c| matches!(c.state, ConnState::WaitingSession { .. }));
+            if !waiting {
+                continue;
+            }
             let Some(conn) = self.conns.remove(index) else {
                 continue;
             };

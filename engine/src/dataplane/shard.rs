@@ -1,6 +1,8 @@
-//! One shard: a pinned thread with its own io_uring, UDP socket, listeners, endpoint (sessions)
-//! and forwarded connections. Nothing here is shared with another thread; the control thread
-//! talks to it only through a channel and an eventfd.
+//! One shard: a pinned thread with its own I/O backend (io_uring or epoll), UDP socket,
+//! listeners, endpoint (sessions) and forwarded connections. Nothing on its data path is shared
+//! with another thread: the control thread and the other shards reach it only through its
+//! channels and eventfd (see `control::ShardHandle`), and the peer directory is the one shared
+//! (read-mostly) structure.
 //!
 //! The loop: reap completions (feeding datagrams to the endpoint and socket data to streams) ->
 //! run the endpoint's timers -> act on its events -> drain `poll_transmit` into GSO sends ->
@@ -13,13 +15,12 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use engine_api::config::Config;
 use engine_proto::wire::{SessionId, StreamId};
 use engine_proto::{Endpoint, EndpointConfig};
 
 use super::conn::Conns;
-use super::control::{ShardHandle, ShardMsg, ShardStats};
+use super::control::{Inbox, ShardHandle, ShardMsg, ShardStats};
 use super::handover::{PeerDirectory, Route, route};
 use super::io::{BackendKind, Completion, Io, IoOp, Op, Token};
 use super::peers::Peers;
@@ -43,7 +44,7 @@ pub(crate) struct ShardSetup {
     pub(crate) udp_addr: SocketAddr,
     /// Listener addresses, one per `maps` entry (ports resolved by the first shard).
     pub(crate) map_addrs: Vec<SocketAddr>,
-    pub(crate) control: Receiver<ShardMsg>,
+    pub(crate) inbox: Inbox,
     pub(crate) wake: Arc<OwnedFd>,
     pub(crate) backend: BackendKind,
     /// UDP GSO on send and GRO on receive.
@@ -97,7 +98,7 @@ pub(crate) struct Shard {
     pub(crate) streams: HashMap<(SessionId, StreamId), usize>,
     pub(crate) peers: Peers,
     pub(crate) counters: Counters,
-    control: Receiver<ShardMsg>,
+    inbox: Inbox,
     pub(crate) siblings: Arc<[ShardHandle]>,
     pub(crate) directory: Arc<PeerDirectory>,
     wake: Arc<OwnedFd>,
@@ -166,7 +167,7 @@ impl Shard {
             streams: HashMap::new(),
             peers,
             counters: Counters::default(),
-            control: setup.control,
+            inbox: setup.inbox,
             siblings: setup.siblings,
             directory: setup.directory,
             wake: setup.wake,
@@ -336,16 +337,21 @@ impl Shard {
                     match route(datagram, self.index, self.shards, self.shared_udp) {
                         Route::Local => self.endpoint.handle_datagram(now, from, datagram),
                         Route::Owner(owner) => {
-                            self.counters.packets_handed_over += 1;
-                            let data = datagram.to_vec();
-                            self.siblings[owner].send(ShardMsg::Datagram { from, data });
+                            if self.siblings[owner].hand_datagram(from, datagram.to_vec()) {
+                                self.counters.packets_handed_over += 1;
+                            } else {
+                                self.counters.handover_dropped += 1;
+                            }
                         }
                         Route::Everyone => {
                             for (i, sibling) in self.siblings.iter().enumerate() {
-                                if i != self.index {
+                                if i == self.index {
+                                    continue;
+                                }
+                                if sibling.hand_datagram(from, datagram.to_vec()) {
                                     self.counters.packets_handed_over += 1;
-                                    let data = datagram.to_vec();
-                                    sibling.send(ShardMsg::Datagram { from, data });
+                                } else {
+                                    self.counters.handover_dropped += 1;
                                 }
                             }
                             self.endpoint.handle_datagram(now, from, datagram);
@@ -388,16 +394,16 @@ impl Shard {
 
     fn on_wake(&mut self, now: Instant, _result: i32) {
         self.wake_armed = false;
-        while let Ok(msg) = self.control.try_recv() {
+        while let Ok((from, mut data)) = self.inbox.datagrams.try_recv() {
+            self.counters.packets_taken_over += 1;
+            self.endpoint.handle_datagram(now, from, &mut data);
+        }
+        while let Ok(msg) = self.inbox.control.try_recv() {
             match msg {
                 ShardMsg::Stats(reply) => {
                     let _ = reply.send(self.stats());
                 }
                 ShardMsg::Shutdown => self.begin_shutdown(now),
-                ShardMsg::Datagram { from, mut data } => {
-                    self.counters.packets_taken_over += 1;
-                    self.endpoint.handle_datagram(now, from, &mut data);
-                }
                 ShardMsg::Connection { fd, map } => {
                     if self.shutdown_at.is_none() {
                         self.start_connection(now, fd, map, true);
@@ -414,6 +420,11 @@ impl Shard {
         }
         tracing::info!("shutting down: closing sessions");
         self.shutdown_at = Some(now + SHUTDOWN_GRACE);
+        // Listeners resting after a resource error stay closed now: their retry time must not
+        // keep waking the loop.
+        for listener in &mut self.listeners {
+            listener.retry_at = None;
+        }
         let ids: Vec<SessionId> = self.endpoint.sessions().map(|s| s.local_id()).collect();
         for id in ids {
             if let Some(session) = self.endpoint.session_mut(id) {

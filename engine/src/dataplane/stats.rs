@@ -23,6 +23,7 @@ pub(crate) struct Counters {
     pub(crate) datagrams_dropped: u64,
     pub(crate) packets_handed_over: u64,
     pub(crate) packets_taken_over: u64,
+    pub(crate) handover_dropped: u64,
     pub(crate) connections_handed_over: u64,
 }
 
@@ -46,6 +47,7 @@ pub(crate) fn snapshot(shard: &Shard) -> Stats {
         datagrams_dropped: c.datagrams_dropped,
         packets_handed_over: c.packets_handed_over,
         packets_taken_over: c.packets_taken_over,
+        handover_dropped: c.handover_dropped,
         connections_handed_over: c.connections_handed_over,
         ..Stats::default()
     };
@@ -83,5 +85,6 @@ pub(crate) fn add(total: &mut Stats, shard: &Stats) {
     total.datagrams_dropped += shard.datagrams_dropped;
     total.packets_handed_over += shard.packets_handed_over;
     total.packets_taken_over += shard.packets_taken_over;
+    total.handover_dropped += shard.handover_dropped;
     total.connections_handed_over += shard.connections_handed_over;
 }

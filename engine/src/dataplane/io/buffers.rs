@@ -3,8 +3,8 @@
 //! With io_uring the pool is a provided-buffer ring ([`Buffers::ring`]): the kernel picks a
 //! buffer only when data actually arrives, so a thousand idle TCP connections with a receive
 //! armed hold no buffer at all, and multishot UDP receives need them by design. The epoll
-//! backend uses the same memory with a plain free list ([`Buffers::pool`]) and picks buffers
-//! itself ([`Buffers::take`]).
+//! backend allocates the same layout with a plain free list ([`Buffers::pool`]) and picks
+//! buffers itself ([`Buffers::take`]).
 
 use std::io;
 use std::ptr::NonNull;

@@ -852,7 +852,8 @@ impl Epoll {
             } else {
                 match errno() {
                     libc::EINTR => continue,
-                    // Someone else drained it: wait for the next write (still registered).
+                    // Only if the descriptor was made non-blocking elsewhere (the shard's own
+                    // is blocking and read only after EPOLLIN): wait for the next write.
                     libc::EAGAIN => return,
                     err => -err,
                 }

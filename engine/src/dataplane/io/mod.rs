@@ -145,11 +145,15 @@ impl Io {
     }
 
     /// Bytes a shard's io_uring charges to RLIMIT_MEMLOCK on kernels that account it: the
-    /// descriptor rings of its two buffer pools, a page each (the buffers themselves are not
-    /// pinned; see `checks::memlock_check`).
+    /// descriptor rings of its two buffer pools, whole pages each (the buffers themselves are
+    /// not pinned; see `checks::memlock_check`).
     pub(crate) fn uring_pinned_bytes() -> u64 {
         let descriptor = 16u64;
-        let page = 4096u64;
+        // SAFETY: sysconf has no preconditions.
+        let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|&p| p > 0)
+            .unwrap_or(4096);
         [UDP_BUFFERS, TCP_BUFFERS]
             .iter()
             .map(|&n| (u64::from(n) * descriptor).next_multiple_of(page))

@@ -34,6 +34,9 @@ pub(super) struct Uring {
     /// Connect timeouts: the kernel reads the timespec when the linked timeout is prepared,
     /// and every connect uses the same duration, so one boxed copy per value in use serves.
     timeouts: Vec<(Duration, Box<Timespec>)>,
+    /// Completions taken off the queue while making room to submit (see `make_room`); handed
+    /// out first by the next `reap`.
+    stashed: Vec<Completion>,
 }
 
 impl std::fmt::Debug for Uring {
@@ -67,6 +70,7 @@ impl Uring {
             ring,
             recv_header,
             timeouts: Vec::new(),
+            stashed: Vec::new(),
         })
     }
 
@@ -119,9 +123,7 @@ impl Uring {
                     .build()
                     .user_data(timeout_token.to_user_data());
                 // Linked entries must reach the kernel in the same submission.
-                if self.room() < 2 {
-                    let _ = self.ring.submit();
-                }
+                self.make_room(2);
                 self.push_entry(connect);
                 self.push_entry(link);
                 return;
@@ -155,19 +157,44 @@ impl Uring {
 
     /// Queues a submission, flushing the queue to the kernel first if it is full.
     fn push_entry(&mut self, entry: squeue::Entry) {
-        loop {
-            // SAFETY: every entry's memory is owned by the shard (boxed, or in buffer rings) or
-            // by this backend and outlives the operation (see the module contract in `io`).
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return;
-            }
-            if let Err(err) = self.ring.submit() {
-                tracing::warn!(%err, "io_uring submit failed");
+        self.make_room(1);
+        // SAFETY: every entry's memory is owned by the shard (boxed, or in buffer rings) or by
+        // this backend and outlives the operation (see the module contract in `io`).
+        // `make_room` returned with at least one free slot.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            tracing::error!("io_uring submission queue full after making room");
+        }
+    }
+
+    /// Submits until the submission queue has `n` free slots. The kernel refuses to take more
+    /// (EBUSY) while completions are piling up, so those are moved aside for the next `reap`
+    /// rather than waiting for the shard's loop, which is not running while it submits.
+    fn make_room(&mut self, n: usize) {
+        while self.room() < n {
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(err) if err.raw_os_error() == Some(libc::EBUSY) => self.stash_completions(),
+                Err(err) => {
+                    tracing::warn!(%err, "io_uring submit failed; retrying");
+                    self.stash_completions();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
         }
     }
 
+    fn stash_completions(&mut self) {
+        let mut stashed = std::mem::take(&mut self.stashed);
+        self.take_completions(&mut stashed);
+        self.stashed = stashed;
+    }
+
     pub(super) fn reap(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.stashed);
+        self.take_completions(out);
+    }
+
+    fn take_completions(&mut self, out: &mut Vec<Completion>) {
         out.extend(self.ring.completion().filter_map(|c| {
             Some(Completion {
                 token: Token::from_user_data(c.user_data())?,
@@ -179,6 +206,11 @@ impl Uring {
     }
 
     pub(super) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let timeout = if self.stashed.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         let result = match timeout {
             Some(wait) if wait.is_zero() => self.ring.submit(),
             Some(wait) => {
