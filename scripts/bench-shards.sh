@@ -26,18 +26,20 @@
 # Needs iperf3, kcptun (kcptun-client, kcptun-server) and python3: apt-get install -y iperf3 kcptun
 set -u
 
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH_NAME=bench-shards
+# shellcheck source=scripts/lib-bench.sh
+. "$ROOT/scripts/lib-bench.sh"
+
 MODE=shards
 while [ $# -gt 0 ]; do
     case "$1" in
     --gso-compare) MODE=gso ;;
     -h | --help)
-        sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+        bench_help "$0" 27
         exit 0
         ;;
-    *)
-        echo "unknown argument: $1 (see --help)" >&2
-        exit 2
-        ;;
+    *) bench_bad_arg "$1" ;;
     esac
     shift
 done
@@ -55,11 +57,8 @@ fi
 CLIENT_YAML=${CLIENT_YAML:-}
 SERVER_YAML=${SERVER_YAML:-}
 BOTH_YAML=${BOTH_YAML:-}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
-BENCH_NAME=bench-shards
-# shellcheck source=scripts/lib-bench.sh
-. "$ROOT/scripts/lib-bench.sh"
+bench_init
 
 require_tools iperf3 python3 ss
 [ "$KCPTUN" = 0 ] || require_tools kcptun-client kcptun-server

@@ -17,9 +17,13 @@
 # Needs iperf3, kcptun (kcptun-client, kcptun-server) and python3: apt-get install -y iperf3 kcptun
 set -u
 
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH_NAME=bench-tunnel
+# shellcheck source=scripts/lib-bench.sh
+. "$ROOT/scripts/lib-bench.sh"
+
 RUNS=${RUNS:-3}
 BUILD=${BUILD:-1}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 IDLE_CONNS=0
 
 while [ $# -gt 0 ]; do
@@ -32,20 +36,15 @@ while [ $# -gt 0 ]; do
         fi
         ;;
     -h | --help)
-        sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+        bench_help "$0" 17
         exit 0
         ;;
-    *)
-        echo "unknown argument: $1 (see --help)" >&2
-        exit 2
-        ;;
+    *) bench_bad_arg "$1" ;;
     esac
     shift
 done
 
-BENCH_NAME=bench-tunnel
-# shellcheck source=scripts/lib-bench.sh
-. "$ROOT/scripts/lib-bench.sh"
+bench_init
 
 require_tools iperf3 kcptun-client kcptun-server python3 ss
 

@@ -1,7 +1,7 @@
 # Shell functions shared by the loopback tunnel benchmarks (bench-tunnel.sh, bench-shards.sh):
 # free ports, readiness waits, iperf3 runs, kcptun and coretun engine pairs, medians, and the
-# cleanup of every process they start. Source it after setting BENCH_NAME; it sets up TMP, PIDS
-# and the exit trap.
+# cleanup of every process they start. Source it, set BENCH_NAME and call bench_init (which
+# makes TMP, PIDS and the exit trap) once the arguments are parsed.
 #
 # Inputs (environment, with defaults): SECONDS_PER_RUN=10, KCP_FEC=0:0, READY_TIMEOUT=15,
 # ROOT (the repository), ENGINE (engine binary), CTL (ctl binary).
@@ -12,8 +12,25 @@ READY_TIMEOUT=${READY_TIMEOUT:-15}
 ENGINE=${ENGINE:-$ROOT/target/release/engine}
 CTL=${CTL:-$ROOT/target/release/ctl}
 
-TMP=$(mktemp -d -t "$BENCH_NAME.XXXXXX")
-PIDS=()
+# Prints lines 2..<last> of <script> (its header comment) without the comment marks.
+bench_help() {
+    sed -n "2,${2}p" "$1" | sed 's/^# \{0,1\}//'
+}
+
+# Rejects an unknown command-line argument.
+bench_bad_arg() {
+    echo "unknown argument: $1 (see --help)" >&2
+    exit 2
+}
+
+# The scratch directory, and the trap that ends every process in PIDS and removes it on exit.
+bench_init() {
+    TMP=$(mktemp -d -t "$BENCH_NAME.XXXXXX")
+    PIDS=()
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
 
 cleanup() {
     local pid
@@ -25,9 +42,6 @@ cleanup() {
     done
     rm -rf "$TMP"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 log() { echo "$BENCH_NAME: $*" >&2; }
 
@@ -224,10 +238,7 @@ engine_pair_start() {
             echo "  - id: 2"
             echo "    target: 127.0.0.1:$hold_target"
         fi
-        echo "control:"
-        echo "  socket: $TMP/$tag-server.sock"
-        [ -z "$both" ] || echo "$both"
-        [ -z "$server_extra" ] || echo "$server_extra"
+        yaml_tail "$TMP/$tag-server.sock" "$both" "$server_extra"
     } >"$TMP/$tag-server.yaml"
     {
         echo "name: client"
@@ -245,10 +256,7 @@ engine_pair_start() {
             echo "    listen: 127.0.0.1:$hold_map"
             echo "    peer: server"
         fi
-        echo "control:"
-        echo "  socket: $TMP/$tag-client.sock"
-        [ -z "$both" ] || echo "$both"
-        [ -z "$client_extra" ] || echo "$client_extra"
+        yaml_tail "$TMP/$tag-client.sock" "$both" "$client_extra"
     } >"$TMP/$tag-client.yaml"
     local side
     for side in server client; do
@@ -275,6 +283,17 @@ engine_pair_start() {
         return 1
     fi
     PAIR_OK[$tag]=1
+}
+
+# The end of an engine config: its control socket, then the extra top-level YAML given.
+yaml_tail() {
+    local sock=$1 extra
+    shift
+    echo "control:"
+    echo "  socket: $sock"
+    for extra in "$@"; do
+        [ -z "$extra" ] || echo "$extra"
+    done
 }
 
 # Whether both engines of pair TAG still run.
