@@ -69,6 +69,8 @@ pub struct TunnelSpec {
     pub server_udp: SocketAddr,
     /// The address the client dials for the server.
     pub client_dials: SocketAddr,
+    /// Shards of both engines (`None`: [`NodeConfig`]'s default).
+    pub shards: Option<usize>,
 }
 
 impl TunnelSpec {
@@ -80,7 +82,13 @@ impl TunnelSpec {
             maps: maps.to_vec(),
             server_udp,
             client_dials: server_udp,
+            shards: None,
         }
+    }
+
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
     }
 }
 
@@ -108,6 +116,10 @@ impl Tunnel {
             NodeConfig::new(&dir, "client").peer("server", Some(spec.client_dials));
         for &id in &spec.maps {
             client_config = client_config.map(id, net::free_tcp_addr(), "server");
+        }
+        if let Some(shards) = spec.shards {
+            server_config = server_config.shards(shards);
+            client_config = client_config.shards(shards);
         }
         let server = Engine::start(&dir, "server", &server_config);
         let client = Engine::start(&dir, "client", &client_config);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use engine_api::control::{Command as ControlCommand, Request, Response, Stats};
+use engine_api::control::{Command as ControlCommand, Request, Response, Stats, Status};
 
 use super::TestDir;
 use super::data::seeded_bytes;
@@ -49,12 +49,17 @@ pub struct NodeConfig {
     pub log_level: String,
     /// Dataplane shards (`CORETUN_TEST_SHARDS`, default 1).
     pub shards: usize,
+    /// `io.backend` (`CORETUN_TEST_BACKEND`; unset: the engine's default, `auto`).
+    pub backend: Option<String>,
+    /// `io.steering`.
+    pub steering: bool,
 }
 
 impl NodeConfig {
     /// A node called `name` with nothing configured; its control socket lives in `dir`.
     /// `CORETUN_TEST_LOG` overrides the log level (default `info`), `CORETUN_TEST_SHARDS` the
-    /// shard count (default 1).
+    /// shard count (default 1), `CORETUN_TEST_BACKEND` the I/O backend (`io_uring`, `epoll`;
+    /// default: the engine's automatic choice), so the whole suite can run on either backend.
     pub fn new(dir: &TestDir, name: &str) -> Self {
         Self {
             name: Some(name.to_owned()),
@@ -69,11 +74,20 @@ impl NodeConfig {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(1),
+            backend: std::env::var("CORETUN_TEST_BACKEND")
+                .ok()
+                .filter(|b| !b.is_empty()),
+            steering: true,
         }
     }
 
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = shards;
+        self
+    }
+
+    pub fn steering(mut self, steering: bool) -> Self {
+        self.steering = steering;
         self
     }
 
@@ -121,6 +135,11 @@ impl NodeConfig {
         line(format!("key: \"{}\"", self.key));
         line("profile: fast2".to_owned());
         line(format!("shards: {}", self.shards));
+        line("io:".to_owned());
+        if let Some(backend) = &self.backend {
+            line(format!("  backend: {backend}"));
+        }
+        line(format!("  steering: {}", self.steering));
         line(list_header("peers", self.peers.is_empty()));
         for (name, addr) in &self.peers {
             line(format!("  - name: {name}"));
@@ -209,10 +228,22 @@ impl Engine {
     /// [`spawn`](Self::spawn) with another program standing in for the engine (`program -c
     /// <config>`), to check the harness itself.
     pub fn spawn_program(program: &Path, dir: &TestDir, label: &str, config: &NodeConfig) -> Self {
+        Self::spawn_command(Command::new(program), dir, label, config)
+    }
+
+    /// [`spawn`](Self::spawn) with a prepared command (for example one that restricts the
+    /// process before it executes the engine).
+    pub fn spawn_command(
+        mut command: Command,
+        dir: &TestDir,
+        label: &str,
+        config: &NodeConfig,
+    ) -> Self {
         let path = dir.path().join(format!("{label}.yaml"));
         std::fs::write(&path, config.to_yaml())
             .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-        let mut child = Command::new(program)
+        let program = command.get_program().to_owned();
+        let mut child = command
             .arg("-c")
             .arg(&path)
             .env_remove("RUST_LOG")
@@ -220,7 +251,12 @@ impl Engine {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting engine `{label}` ({}): {e}", program.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting engine `{label}` ({}): {e}",
+                    Path::new(&program).display()
+                )
+            });
         let log = Arc::new(LogBuffer::default());
         let mut readers = Vec::new();
         let pipes: [Option<Box<dyn Read + Send>>; 2] = [
@@ -334,6 +370,17 @@ impl Engine {
             self.exit = self.child.try_wait().ok().flatten();
         }
         self.exit
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; its exit code (`None` if it
+    /// was killed by a signal or is still running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while self.try_exit().is_none() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.drain_readers();
+        self.try_exit().and_then(|status| status.code())
     }
 
     /// SIGKILL, then reap.
@@ -464,6 +511,21 @@ impl Drop for Engine {
 
 /// Asks the engine behind the control socket `socket` for its counters.
 pub fn stats(socket: &Path) -> Result<Stats, String> {
+    match request(socket, ControlCommand::Stats)? {
+        Response::Stats(stats) => Ok(stats),
+        other => Err(format!("expected stats, got {other:?}")),
+    }
+}
+
+/// Asks the engine behind the control socket `socket` for its status.
+pub fn status(socket: &Path) -> Result<Status, String> {
+    match request(socket, ControlCommand::Status)? {
+        Response::Status(status) => Ok(status),
+        other => Err(format!("expected a status, got {other:?}")),
+    }
+}
+
+fn request(socket: &Path, command: ControlCommand) -> Result<Response, String> {
     let timeout = Some(Duration::from_secs(5));
     let mut stream = UnixStream::connect(socket)
         .map_err(|e| format!("connect to control socket {}: {e}", socket.display()))?;
@@ -472,18 +534,16 @@ pub fn stats(socket: &Path) -> Result<Stats, String> {
         .and_then(|()| stream.set_write_timeout(timeout))
         .map_err(|e| format!("control socket timeouts: {e}"))?;
     stream
-        .write_all(&Request::new(ControlCommand::Stats).to_line())
-        .map_err(|e| format!("writing the stats request: {e}"))?;
+        .write_all(&Request::new(command).to_line())
+        .map_err(|e| format!("writing the {command} request: {e}"))?;
     let mut line = Vec::new();
     BufReader::new(stream)
         .read_until(b'\n', &mut line)
-        .map_err(|e| format!("reading the stats response: {e}"))?;
-    match Response::parse(&line) {
-        Ok(Response::Stats(stats)) => Ok(stats),
-        Ok(other) => Err(format!("expected stats, got {other:?}")),
-        Err(e) => Err(format!(
+        .map_err(|e| format!("reading the {command} response: {e}"))?;
+    Response::parse(&line).map_err(|e| {
+        format!(
             "unparsable response {:?}: {e}",
             String::from_utf8_lossy(&line)
-        )),
-    }
+        )
+    })
 }
