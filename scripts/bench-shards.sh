@@ -22,6 +22,7 @@
 #   BUILD=1              build first (cargo build --release -p engine -p ctl); 0 to skip
 #   ENGINE=<path>, CTL=<path>  binaries (default: target/release/engine, target/release/ctl)
 #   KCP_FEC=0:0          kcptun's Reed-Solomon data:parity shards (0:0: no FEC, like coretun)
+#   KEEP_TMP=0           1: keep the scratch directory (configs, engine logs) and say where
 #
 # Needs iperf3, kcptun (kcptun-client, kcptun-server) and python3: apt-get install -y iperf3 kcptun
 set -u
@@ -36,7 +37,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --gso-compare) MODE=gso ;;
     -h | --help)
-        bench_help "$0" 27
+        bench_help "$0" 28
         exit 0
         ;;
     *) bench_bad_arg "$1" ;;
@@ -70,7 +71,8 @@ import json, os, statistics, subprocess, sys
 
 TICK = os.sysconf("SC_CLK_TCK")
 COUNTERS = ("packets_sent", "packets_received", "bytes_sent", "bytes_received",
-            "connections_accepted", "packets_lost", "packets_handed_over")
+            "connections_accepted", "connections_handed_over", "packets_lost",
+            "packets_handed_over", "sessions")
 
 def threads(pid):
     """CPU ticks (user + system) per thread name of process pid."""
@@ -110,6 +112,7 @@ def record(results, variant, streams, run, gbps, secs, before=None, after=None):
             shards = []
             for i, (sa, sb) in enumerate(zip(a[side]["shards"], b[side]["shards"])):
                 d = {k: sa[k] - sb[k] for k in COUNTERS}
+                d["sessions"] = sa["sessions"]  # a gauge: its value at the end of the run
                 name = "shard-%d" % i
                 ticks = a[side]["threads"].get(name, 0) - b[side]["threads"].get(name, 0)
                 d["cpu"] = ticks / TICK / secs
@@ -165,13 +168,13 @@ def report(results, labels_json, kcp):
         print()
         print("| set-up | sender datagrams sent/s: sum (per shard) | receiver datagrams "
               "received/s (per shard) | receiver ACK datagrams/s | bytes/datagram | "
-              "connections per shard (sender) | shard CPU, sender / receiver | sender "
+              "sessions per shard, sender / receiver | connections per shard (sender) | shard CPU, sender / receiver | sender "
               "datagrams per shard CPU-second |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for tag, label in labels:
             runs = [r for r in rs if r["variant"] == tag and "client" in r]
             if not runs:
-                print("| %s | failed | | | | | | |" % label)
+                print("| %s | failed | | | | | | | |" % label)
                 continue
             n = len(runs[0]["client"]["shards"])
             def per(side, key, div=True):
@@ -182,6 +185,9 @@ def report(results, labels_json, kcp):
             recv = per("server", "packets_received")
             acks = per("server", "packets_sent")
             conns = per("client", "connections_accepted", div=False)
+            moved = per("client", "connections_handed_over", div=False)
+            sess_c = per("client", "sessions", div=False)
+            sess_s = per("server", "sessions", div=False)
             cpu_c = per("client", "cpu", div=False)
             cpu_s = per("server", "cpu", div=False)
             byts = statistics.median(
@@ -193,16 +199,19 @@ def report(results, labels_json, kcp):
             handed = statistics.median(
                 sum(s["packets_handed_over"] for side in ("client", "server")
                     for s in r[side]["shards"]) for r in runs)
-            print("| %s | %s (%s) | %s (%s) | %s | %.0f | %s | %s / %s | %s |" % (
+            print("| %s | %s (%s) | %s (%s) | %s | %.0f | %s / %s | %s | %s / %s | %s |" % (
                 label, rate(sum(sent)), " + ".join(rate(x) for x in sent),
                 rate(sum(recv)), " + ".join(rate(x) for x in recv),
-                rate(sum(acks)), byts, " + ".join("%.0f" % c for c in conns),
+                rate(sum(acks)), byts, " + ".join("%.0f" % c for c in sess_c),
+                " + ".join("%.0f" % c for c in sess_s),
+                " + ".join("%.0f" % c + (" (%.0f handed over)" % m if m else "")
+                           for c, m in zip(conns, moved)),
                 " + ".join("%.0f%%" % (100 * c) for c in cpu_c),
                 " + ".join("%.0f%%" % (100 * c) for c in cpu_s),
                 " + ".join(rate(x) for x in eff)))
             if lost or handed:
                 print("|  | (median per run: %d packets lost, %d datagrams handed over) |"
-                      " | | | | | |" % (lost, handed))
+                      " | | | | | | |" % (lost, handed))
         print()
 
 cmd = sys.argv[1]

@@ -4,7 +4,8 @@
 # makes TMP, PIDS and the exit trap) once the arguments are parsed.
 #
 # Inputs (environment, with defaults): SECONDS_PER_RUN=10, KCP_FEC=0:0, READY_TIMEOUT=15,
-# ROOT (the repository), ENGINE (engine binary), CTL (ctl binary).
+# ROOT (the repository), ENGINE (engine binary), CTL (ctl binary), KEEP_TMP=0 (1: keep the
+# scratch directory with the configs and logs).
 
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 KCP_FEC=${KCP_FEC:-0:0}
@@ -40,7 +41,11 @@ cleanup() {
     for pid in "${PIDS[@]}"; do
         wait "$pid" 2>/dev/null
     done
-    rm -rf "$TMP"
+    if [ "${KEEP_TMP:-0}" = 1 ]; then
+        log "configs and logs kept in $TMP"
+    else
+        rm -rf "$TMP"
+    fi
 }
 
 log() { echo "$BENCH_NAME: $*" >&2; }
