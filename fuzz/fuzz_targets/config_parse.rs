@@ -74,6 +74,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again.key.as_bytes(), config.key.as_bytes());
     assert_eq!(again.transport, config.transport);
     assert_eq!(again.shards, config.shards);
+    assert_eq!(again.cpus, config.cpus);
+    assert_eq!(again.io, config.io);
     assert_eq!(again.peers, config.peers);
     assert_eq!(again.maps, config.maps);
     assert_eq!(again.allow, config.allow);

@@ -1,6 +1,7 @@
 //! The dataplane: shard threads (one io_uring loop each), the control thread, and the process's
 //! lifecycle (start-up, readiness, signals, shutdown).
 
+mod checks;
 mod conn;
 mod control;
 mod forward;
@@ -10,6 +11,7 @@ mod peers;
 mod shard;
 mod sockaddr;
 mod stats;
+mod steer;
 mod tcp;
 mod udp;
 

@@ -20,18 +20,21 @@ use serde_path_to_error::{Segment, Track};
 use serde_saphyr::{MessageFormatter, UserMessageFormatter};
 
 use super::error::{ConfigError, Position};
-use super::raw::{self, RawAllow, RawConfig, RawMap, RawPeer, S};
+use super::raw::{self, RawAllow, RawConfig, RawCpus, RawIo, RawMap, RawPeer, S};
 use super::{
-    Allow, Config, Control, DEFAULT_CONTROL_SOCKET, Log, Map, MapId, Peer, Proto, Rate, Shards,
-    Transport,
+    Allow, Backend, Config, Control, DEFAULT_CONTROL_SOCKET, Io, Log, Map, MapId, Peer, Proto,
+    Rate, Shards, Transport,
 };
 
 /// Default for `mtu`.
 pub const DEFAULT_MTU: usize = 1400;
 /// Accepted range of `mtu`: IPv4's minimum reassembly size up to just under the UDP maximum.
 pub const MTU_RANGE: std::ops::RangeInclusive<usize> = 576..=65_000;
-/// Accepted range of `shards` when it is a number.
-pub const MAX_SHARDS: usize = 1024;
+/// Accepted range of `shards` when it is a number. The shard is the top byte of a session id
+/// (a `u8`), and the reuseport steering program needs shard indices below 255.
+pub const MAX_SHARDS: usize = 255;
+/// Highest CPU number `cpus` (and [`parse_cpulist`]) accepts.
+pub const MAX_CPU: usize = 4095;
 /// Default for `log.level`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Longest peer or node name.
@@ -135,6 +138,7 @@ fn yaml_error(path: &Path, mut segments: Vec<Segment>, err: &serde_saphyr::Error
         serde_saphyr::Error::InvalidScalar { ty, .. } => match *ty {
             "u32" => "expected a whole number from 0 to 4294967295".to_owned(),
             "u64" => "expected a whole number from 0 to 18446744073709551615".to_owned(),
+            "boolean" => "expected true or false".to_owned(),
             ty => format!("invalid {ty}"),
         },
         serde_saphyr::Error::Unexpected { expected, .. } => format!(
@@ -230,6 +234,13 @@ impl Converter<'_> {
             .map(|shards| self.shards(shards))
             .transpose()?
             .unwrap_or(Shards::Auto);
+        let cpus = raw.cpus.as_ref().map(|cpus| self.cpus(cpus)).transpose()?;
+        let io = raw
+            .io
+            .as_ref()
+            .map(|io| self.io(io))
+            .transpose()?
+            .unwrap_or_default();
         let peers = self.peers(raw.peers.as_deref().unwrap_or_default())?;
         let maps = self.maps(
             raw.maps.as_deref().unwrap_or_default(),
@@ -269,6 +280,8 @@ impl Converter<'_> {
             key,
             transport,
             shards,
+            cpus,
+            io,
             peers,
             maps,
             allow,
@@ -494,6 +507,67 @@ impl Converter<'_> {
             })
     }
 
+    /// `cpus:` as a list of numbers or a cpulist string, sorted and deduplicated.
+    fn cpus(&self, value: &S<RawCpus>) -> Result<Vec<usize>> {
+        let cpus = match &value.value {
+            RawCpus::Text(text) => parse_cpulist(text)
+                .map_err(|err| self.at(value, "cpus", format!("invalid cpus {text:?}: {err}")))?,
+            RawCpus::List(list) => {
+                let mut cpus = Vec::with_capacity(list.len());
+                for cpu in list {
+                    let number = usize::try_from(cpu.value)
+                        .ok()
+                        .filter(|&number| number <= MAX_CPU)
+                        .ok_or_else(|| {
+                            self.at(
+                                cpu,
+                                "cpus",
+                                format!("CPU {} is above the highest, {MAX_CPU}", cpu.value),
+                            )
+                        })?;
+                    cpus.push(number);
+                }
+                cpus.sort_unstable();
+                cpus.dedup();
+                cpus
+            }
+        };
+        if cpus.is_empty() {
+            return Err(self.at(
+                value,
+                "cpus",
+                "empty CPU list: leave cpus out to use every online CPU",
+            ));
+        }
+        Ok(cpus)
+    }
+
+    fn io(&self, raw: &RawIo) -> Result<Io> {
+        let defaults = Io::default();
+        let backend = match &raw.backend {
+            Some(value) => Backend::from_name(value.value.trim()).ok_or_else(|| {
+                self.at(
+                    value,
+                    "io.backend",
+                    format!(
+                        "unknown backend {:?}, expected one of: {}",
+                        value.value,
+                        Backend::ALL.map(Backend::name).join(", ")
+                    ),
+                )
+            })?,
+            None => defaults.backend,
+        };
+        Ok(Io {
+            backend,
+            gso: raw.gso.as_ref().map_or(defaults.gso, |gso| gso.value),
+            steering: raw
+                .steering
+                .as_ref()
+                .map_or(defaults.steering, |steering| steering.value),
+        })
+    }
+
     /// A node or peer name: what a node says in its handshake, so kept to a safe alphabet.
     fn name(&self, value: &S<String>, field: &str) -> Result<String> {
         let name = value.value.as_str();
@@ -694,6 +768,70 @@ impl Converter<'_> {
         }
         Ok(allow)
     }
+}
+
+/// A Linux cpulist (`0-3,6`, as in `/sys/devices/system/cpu/online` or `taskset -c`): CPU
+/// numbers and inclusive ranges separated by commas, returned sorted without duplicates. Empty
+/// lists, reversed ranges (`3-1`) and CPUs above [`MAX_CPU`] are errors.
+pub fn parse_cpulist(text: &str) -> Result<Vec<usize>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty CPU list".to_owned());
+    }
+    let number = |part: &str| -> Result<usize, String> {
+        let part = part.trim();
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{part:?} is not a CPU number"));
+        }
+        match part.parse::<usize>() {
+            Ok(cpu) if cpu <= MAX_CPU => Ok(cpu),
+            _ => Err(format!("CPU {part} is above the highest, {MAX_CPU}")),
+        }
+    };
+    let mut cpus = Vec::new();
+    for entry in text.split(',') {
+        match entry.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (number(first)?, number(last)?);
+                if first > last {
+                    return Err(format!("range {first}-{last} ends below its start"));
+                }
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(number(entry)?),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// CPU numbers as a cpulist, runs collapsed into ranges: `[0, 1, 2, 5]` is `0-2,5`. The
+/// inverse of [`parse_cpulist`] for sorted lists.
+pub fn format_cpulist(cpus: &[usize]) -> String {
+    let mut out = String::new();
+    let mut rest = cpus;
+    while let Some((&first, tail)) = rest.split_first() {
+        let mut last = first;
+        let mut run = 0;
+        while tail
+            .get(run)
+            .is_some_and(|&next| Some(next) == last.checked_add(1))
+        {
+            last += 1;
+            run += 1;
+        }
+        rest = tail.get(run..).unwrap_or_default();
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if first == last {
+            out.push_str(&first.to_string());
+        } else {
+            out.push_str(&format!("{first}-{last}"));
+        }
+    }
+    out
 }
 
 /// A decimal number (`12`, `12.5`) times `scale`, truncated; `None` on anything else or on
@@ -962,6 +1100,15 @@ mod tests {
             }
         );
         assert_eq!(config.shards, Shards::Auto);
+        assert_eq!(config.cpus, None);
+        assert_eq!(
+            config.io,
+            Io {
+                backend: Backend::Auto,
+                gso: true,
+                steering: true
+            }
+        );
         assert!(config.peers.is_empty() && config.maps.is_empty() && config.allow.is_empty());
         assert_eq!(
             config.control.socket,
@@ -992,6 +1139,11 @@ rtt:
   min: 10ms
   max: 2s
 shards: 4
+cpus: [6, 2, 3]
+io:
+  backend: epoll
+  gso: false
+  steering: false
 peers:
   - name: server
     addr: 127.0.0.1:4000
@@ -1026,6 +1178,15 @@ log:
         assert_eq!(config.transport.min_rtt, Some(Duration::from_millis(10)));
         assert_eq!(config.transport.max_rtt, Some(Duration::from_secs(2)));
         assert_eq!(config.shards, Shards::Count(NonZeroUsize::new(4).unwrap()));
+        assert_eq!(config.cpus, Some(vec![2, 3, 6]));
+        assert_eq!(
+            config.io,
+            Io {
+                backend: Backend::Epoll,
+                gso: false,
+                steering: false
+            }
+        );
         assert_eq!(
             config.peers,
             vec![
@@ -1447,7 +1608,7 @@ maps:
         fails(&with_key("mtu: 65001\n"), 2, 6, "mtu", "out of range");
         assert_eq!(ok(&with_key("mtu: 576\n")).transport.mtu, 576);
         assert_eq!(ok(&with_key("mtu: 65000\n")).transport.mtu, 65000);
-        for value in ["0", "1025", "many", "-1"] {
+        for value in ["0", "256", "1024", "many", "-1"] {
             fails(
                 &with_key(&format!("shards: {value}\n")),
                 2,
@@ -1457,9 +1618,150 @@ maps:
             );
         }
         assert_eq!(
-            ok(&with_key("shards: 1024\n")).shards,
-            Shards::Count(NonZeroUsize::new(1024).unwrap())
+            ok(&with_key("shards: 255\n")).shards,
+            Shards::Count(NonZeroUsize::new(255).unwrap())
         );
+    }
+
+    #[test]
+    fn cpus_as_list_or_cpulist() {
+        for (text, cpus) in [
+            ("cpus: [0, 2, 3]\n", vec![0, 2, 3]),
+            ("cpus: [3, 0, 3, 2]\n", vec![0, 2, 3]),
+            ("cpus:\n  - 4095\n", vec![4095]),
+            ("cpus: \"0-3,6\"\n", vec![0, 1, 2, 3, 6]),
+            ("cpus: 0-3,6\n", vec![0, 1, 2, 3, 6]),
+            ("cpus: 5\n", vec![5]),
+            ("cpus: \"7\"\n", vec![7]),
+            ("cpus: \" 1-2, 2-3 \"\n", vec![1, 2, 3]),
+        ] {
+            assert_eq!(ok(&with_key(text)).cpus, Some(cpus), "{text:?}");
+        }
+        // Null means unset, like the other sections.
+        assert_eq!(ok(&with_key("cpus:\n")).cpus, None);
+        assert_eq!(ok(&with_key("cpus: ~\n")).cpus, None);
+    }
+
+    #[test]
+    fn bad_cpus() {
+        fails(&with_key("cpus: []\n"), 2, 7, "cpus", "empty CPU list");
+        fails(&with_key("cpus: \"\"\n"), 2, 7, "cpus", "empty CPU list");
+        fails(
+            &with_key("cpus: 3-1\n"),
+            2,
+            7,
+            "cpus",
+            "invalid cpus \"3-1\": range 3-1 ends below its start",
+        );
+        fails(
+            &with_key("cpus: [0, 4096]\n"),
+            2,
+            11,
+            "cpus",
+            "CPU 4096 is above the highest, 4095",
+        );
+        fails(
+            &with_key("cpus: 0-4096\n"),
+            2,
+            7,
+            "cpus",
+            "invalid cpus \"0-4096\": CPU 4096 is above the highest, 4095",
+        );
+        for value in ["-1", "a", "1,,2", "1-", "1-2-3", "0x3", "+1"] {
+            fails(
+                &with_key(&format!("cpus: \"{value}\"\n")),
+                2,
+                7,
+                "cpus",
+                &format!("invalid cpus {value:?}: "),
+            );
+        }
+        fails(&with_key("cpus: -1\n"), 2, 7, "cpus", "invalid cpus \"-1\"");
+        fails(
+            &with_key("cpus: [1, x]\n"),
+            2,
+            11,
+            "cpus[1]",
+            "expected a whole number",
+        );
+        fails(&with_key("cpus: {a: 1}\n"), 2, 7, "cpus", "expected");
+        fails(
+            &with_key("cpus: true\n"),
+            2,
+            7,
+            "cpus",
+            "\"true\" is not a CPU number",
+        );
+        fails(
+            &with_key("cpus: 1.5\n"),
+            2,
+            7,
+            "cpus",
+            "\"1.5\" is not a CPU number",
+        );
+    }
+
+    #[test]
+    fn io_section() {
+        for (text, backend) in [
+            ("io: {backend: auto}\n", Backend::Auto),
+            ("io: {backend: io_uring}\n", Backend::IoUring),
+            ("io: {backend: epoll}\n", Backend::Epoll),
+            ("io:\n", Backend::Auto),
+        ] {
+            assert_eq!(ok(&with_key(text)).io.backend, backend, "{text:?}");
+        }
+        let io = ok(&with_key("io:\n  gso: false\n")).io;
+        assert_eq!((io.gso, io.steering), (false, true));
+        let io = ok(&with_key("io:\n  steering: false\n  gso: true\n")).io;
+        assert_eq!((io.gso, io.steering), (true, false));
+        fails(
+            &with_key("io:\n  backend: uring\n"),
+            3,
+            12,
+            "io.backend",
+            "unknown backend \"uring\", expected one of: auto, io_uring, epoll",
+        );
+        fails(
+            &with_key("io:\n  gso: maybe\n"),
+            3,
+            8,
+            "io.gso",
+            "expected true or false",
+        );
+        fails(
+            &with_key("io:\n  steer: false\n"),
+            3,
+            3,
+            "io",
+            "unknown field \"steer\", expected one of: backend, gso, steering",
+        );
+        fails(&with_key("io: epoll\n"), 2, 5, "io", "expected");
+    }
+
+    #[test]
+    fn cpulists() {
+        assert_eq!(parse_cpulist("0-3,6\n"), Ok(vec![0, 1, 2, 3, 6]));
+        assert_eq!(parse_cpulist("0"), Ok(vec![0]));
+        assert_eq!(parse_cpulist("4,2,2-3"), Ok(vec![2, 3, 4]));
+        assert_eq!(parse_cpulist("0-4095").map(|c| c.len()), Ok(4096));
+        for bad in [
+            "",
+            "\n",
+            ",",
+            "1,",
+            "3-1",
+            "a",
+            "1-x",
+            "4096",
+            "99999999999999999999999",
+        ] {
+            assert!(parse_cpulist(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(format_cpulist(&[]), "");
+        assert_eq!(format_cpulist(&[0]), "0");
+        assert_eq!(format_cpulist(&[0, 1]), "0-1");
+        assert_eq!(format_cpulist(&[0, 1, 2, 5, 7, 8, 10]), "0-2,5,7-8,10");
     }
 
     #[test]
@@ -1637,10 +1939,16 @@ maps:
         }
 
         #[test]
+        fn cpulist_round_trips(cpus in proptest::collection::btree_set(0..=MAX_CPU, 1..40)) {
+            let cpus: Vec<usize> = cpus.into_iter().collect();
+            prop_assert_eq!(parse_cpulist(&format_cpulist(&cpus)), Ok(cpus));
+        }
+
+        #[test]
         fn yamlish_text_never_panics(
             lines in proptest::collection::vec(
                 "(key|listen|peers|maps|allow|rtt|  - id|    peer|    listen|name|rate|mtu|shards|\
-                 congestion|  min|log|  level)?: ?(\\[|\\]|\\{|\\}|-|:| |[a-z0-9.:]|\"|'|&a|\\*a|#){0,12}",
+                 congestion|  min|log|  level|cpus|io|  backend|  gso|  steering)?: ?(\\[|\\]|\\{|\\}|-|:| |[a-z0-9.:]|\"|'|&a|\\*a|#){0,12}",
                 0..12,
             )
         ) {

@@ -20,10 +20,10 @@ use engine_proto::config::Profile;
 use engine_proto::crypto::Psk;
 
 pub use convert::{
-    DEFAULT_LOG_LEVEL, DEFAULT_MTU, Environment, MAX_NAME_LEN, MAX_SHARDS, MTU_RANGE,
+    DEFAULT_LOG_LEVEL, DEFAULT_MTU, Environment, MAX_CPU, MAX_NAME_LEN, MAX_SHARDS, MTU_RANGE,
     SystemEnvironment, check_log_filter,
 };
-pub use convert::{parse_bits_per_sec, parse_duration};
+pub use convert::{format_cpulist, parse_bits_per_sec, parse_cpulist, parse_duration};
 pub use error::{ConfigError, Position};
 
 /// Where the engine listens for control connections unless the config says otherwise.
@@ -42,6 +42,11 @@ pub struct Config {
     pub key: Psk,
     pub transport: Transport,
     pub shards: Shards,
+    /// The CPUs shards run on (`cpus:`), sorted and without duplicates. With `shards: auto` one
+    /// shard runs per listed CPU; with a shard count, shard `i` is pinned to
+    /// `cpus[i % cpus.len()]`. `None`: every online CPU.
+    pub cpus: Option<Vec<usize>>,
+    pub io: Io,
     pub peers: Vec<Peer>,
     pub maps: Vec<Map>,
     pub allow: Vec<Allow>,
@@ -77,6 +82,40 @@ pub enum Shards {
     /// One per online core.
     Auto,
     Count(NonZeroUsize),
+}
+
+/// How the dataplane does its socket I/O (`io:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Io {
+    pub backend: Backend,
+    /// UDP GSO on send and GRO on receive. `false` sends one datagram per syscall slot and
+    /// leaves GRO off: for benchmarks, and for NICs or drivers that mishandle segmentation.
+    pub gso: bool,
+    /// Attach the reuseport BPF program that steers each packet to the shard owning its
+    /// session. `false` leaves the kernel's 4-tuple hash (misrouted packets are then handed
+    /// over between shards), for diagnosis.
+    pub steering: bool,
+}
+
+impl Default for Io {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Auto,
+            gso: true,
+            steering: true,
+        }
+    }
+}
+
+/// The dataplane's I/O backend (`io.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// io_uring when the kernel and limits allow it, else epoll.
+    #[default]
+    Auto,
+    IoUring,
+    /// epoll with `recvmmsg`/`sendmmsg`.
+    Epoll,
 }
 
 /// A named peer: dialled when it has an address, otherwise accepted (matched by the name it
@@ -224,6 +263,14 @@ impl Config {
             Shards::Auto => writeln!(out, "shards: auto")?,
             Shards::Count(count) => writeln!(out, "shards: {count}")?,
         }
+        match &self.cpus {
+            Some(cpus) => writeln!(out, "cpus: {}", quote(&format_cpulist(cpus)))?,
+            None => writeln!(out, "cpus: ~  # every online CPU")?,
+        }
+        writeln!(out, "io:")?;
+        writeln!(out, "  backend: {}", self.io.backend)?;
+        writeln!(out, "  gso: {}", self.io.gso)?;
+        writeln!(out, "  steering: {}", self.io.steering)?;
         if self.peers.is_empty() {
             writeln!(out, "peers: []")?;
         } else {
@@ -298,6 +345,29 @@ impl fmt::Display for Proto {
     }
 }
 
+impl Backend {
+    pub const ALL: [Backend; 3] = [Backend::Auto, Backend::IoUring, Backend::Epoll];
+
+    /// The name the config file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::IoUring => "io_uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|backend| backend.name() == name)
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +385,8 @@ mod tests {
         assert_eq!(a.key.as_bytes(), b.key.as_bytes());
         assert_eq!(a.transport, b.transport);
         assert_eq!(a.shards, b.shards);
+        assert_eq!(a.cpus, b.cpus);
+        assert_eq!(a.io, b.io);
         assert_eq!(a.peers, b.peers);
         assert_eq!(a.maps, b.maps);
         assert_eq!(a.allow, b.allow);
@@ -335,6 +407,8 @@ rate: 12.5mbit
 mtu: 9000
 rtt: {{min: 1500us, max: 2s}}
 shards: 3
+cpus: \"0-2,5,7-8\"
+io: {{backend: io_uring, gso: false, steering: false}}
 peers:
   - name: server
     addr: 127.0.0.1:4000
@@ -351,6 +425,8 @@ log:
 "
             ),
             format!("key: {KEY}\nrate: 8kbit\n"),
+            format!("key: {KEY}\ncpus: [3]\nio: {{backend: epoll}}\n"),
+            format!("key: {KEY}\ncpus: [9, 1, 2, 1]\nio:\n  gso: false\n"),
         ] {
             let config = parse(&text);
             let yaml = config.to_masked_yaml();
@@ -372,6 +448,8 @@ log:
             "rate: ~",
             "mtu: 1400\n",
             "shards: auto\n",
+            "cpus: ~",
+            "io:\n  backend: auto\n  gso: true\n  steering: true\n",
             "peers: []\n",
             "maps: []\n",
             "allow: []\n",
@@ -386,5 +464,15 @@ log:
     fn proto_names() {
         assert_eq!(Proto::Tcp.to_string(), "tcp");
         assert_eq!(MapId(7).to_string(), "7");
+    }
+
+    #[test]
+    fn backend_names() {
+        for backend in Backend::ALL {
+            assert_eq!(Backend::from_name(backend.name()), Some(backend));
+            assert_eq!(backend.to_string(), backend.name());
+        }
+        assert_eq!(Backend::from_name("uring"), None);
+        assert_eq!(Backend::default(), Backend::Auto);
     }
 }

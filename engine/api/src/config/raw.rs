@@ -7,7 +7,10 @@
 //! `rate: 100mbit` reach the same parser. Lists and sections are `Option` so that an empty
 //! `maps:` (YAML null) means the same as leaving it out.
 
+use std::fmt;
+
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
 use super::error::Position;
@@ -38,6 +41,8 @@ pub(super) struct RawConfig {
     pub mtu: Option<S<u64>>,
     pub rtt: Option<RawRtt>,
     pub shards: Option<S<String>>,
+    pub cpus: Option<S<RawCpus>>,
+    pub io: Option<RawIo>,
     pub peers: Option<Vec<RawPeer>>,
     pub maps: Option<Vec<RawMap>>,
     pub allow: Option<Vec<RawAllow>>,
@@ -86,4 +91,67 @@ pub(super) struct RawControl {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLog {
     pub level: Option<S<String>>,
+}
+
+/// `cpus:` as written: a YAML list of CPU numbers (each with its position), or a Linux cpulist
+/// string such as `0-3,6` (a lone number reads as a one-CPU cpulist). Hand-written rather than
+/// `#[serde(untagged)]` so that each list element keeps its position and a wrong element is
+/// reported as such.
+#[derive(Debug)]
+pub(super) enum RawCpus {
+    List(Vec<S<u64>>),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawCpus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawCpusVisitor)
+    }
+}
+
+struct RawCpusVisitor;
+
+impl<'de> Visitor<'de> for RawCpusVisitor {
+    type Value = RawCpus;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of CPU numbers or a cpulist such as \"0-3,6\"")
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<RawCpus, E> {
+        Ok(RawCpus::Text(value.to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<RawCpus, E> {
+        Ok(RawCpus::Text(value.to_string()))
+    }
+
+    // Other scalars become text that the cpulist parser rejects at the value's position.
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<RawCpus, E> {
+        Ok(RawCpus::Text(value.to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<RawCpus, E> {
+        Ok(RawCpus::Text(value.to_string()))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<RawCpus, E> {
+        Ok(RawCpus::Text(value.to_owned()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawCpus, A::Error> {
+        let mut cpus = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(cpu) = seq.next_element()? {
+            cpus.push(cpu);
+        }
+        Ok(RawCpus::List(cpus))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIo {
+    pub backend: Option<S<String>>,
+    pub gso: Option<S<bool>>,
+    pub steering: Option<S<bool>>,
 }
