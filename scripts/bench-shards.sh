@@ -121,6 +121,27 @@ def record(results, variant, streams, run, gbps, secs, before=None, after=None):
     with open(results, "a") as f:
         f.write(json.dumps(rec) + "\n")
 
+def placement(log, pid):
+    """What the engine really runs: its backend (from its `engine ready` log line) and the CPUs
+    each shard thread may run on."""
+    backend = "?"
+    for line in open(log, errors="replace"):
+        if "engine ready" in line and 'backend="' in line:
+            backend = line.split('backend="', 1)[1].split('"', 1)[0]
+    cpus = {}
+    task = "/proc/%s/task" % pid
+    for tid in os.listdir(task):
+        try:
+            comm = open("%s/%s/comm" % (task, tid)).read().strip()
+            status = open("%s/%s/status" % (task, tid)).read()
+        except OSError:
+            continue
+        if comm.startswith("shard-"):
+            allowed = [l.split(":", 1)[1].strip() for l in status.splitlines()
+                       if l.startswith("Cpus_allowed_list:")]
+            cpus[int(comm[6:])] = allowed[0] if allowed else "?"
+    print("%s, shard CPUs %s" % (backend, " / ".join(cpus[i] for i in sorted(cpus))))
+
 def rate(x):
     if x >= 1e6:
         return "%.2f M" % (x / 1e6)
@@ -141,7 +162,7 @@ def report(results, labels_json, kcp):
         base_tag, base_label = labels[0]
         print("#### %d parallel stream%s (iperf3 -P %d)" % (streams, "s" * (streams > 1), streams))
         print()
-        head = "| set-up | goodput Gbit/s, median (min-max) | runs | vs %s |" % base_label
+        head = "| set-up | goodput Gbit/s, median (min-max) | runs (packets the sender's ARQ declared lost) | vs %s |" % base_label
         sep = "|---|---|---|---|"
         if kcp:
             head += " vs kcptun |"
@@ -150,8 +171,12 @@ def report(results, labels_json, kcp):
         print(sep)
         for tag, label in labels + ([["kcptun", "kcptun"]] if kcp else []):
             v = gb(tag)
-            runs = " / ".join("%.3f" % r["gbps"] if r["gbps"] is not None else "failed"
-                              for r in rs if r["variant"] == tag)
+            def one(r):
+                if r["gbps"] is None:
+                    return "failed"
+                lost = sum(s["packets_lost"] for s in r["client"]["shards"]) if "client" in r else 0
+                return "%.3f" % r["gbps"] + (" (%d lost)" % lost if lost else "")
+            runs = " / ".join(one(r) for r in rs if r["variant"] == tag)
             def ratio(other):
                 if med.get(tag) is None or not med.get(other):
                     return "n/a"
@@ -219,6 +244,8 @@ if cmd == "snap":
     snap(*sys.argv[2:])
 elif cmd == "record":
     record(*sys.argv[2:])
+elif cmd == "placement":
+    placement(*sys.argv[2:])
 elif cmd == "report":
     report(*sys.argv[2:])
 EOF
@@ -265,6 +292,16 @@ for tag in "${TAGS[@]}"; do
     log "starting engines: ${LABEL[$tag]}"
     engine_pair_start "$tag" --target "$IPERF_PORT" --shards "$shards" --both "$both" \
         --client "$CLIENT_YAML" --server "$SERVER_YAML" || log "${LABEL[$tag]}: not measured"
+done
+
+# What each set-up really runs (a config key the engine accepts but does not apply shows here).
+PLACEMENT=$TMP/placement.md
+: >"$PLACEMENT"
+for tag in "${TAGS[@]}"; do
+    engine_pair_alive "$tag" || continue
+    echo "- ${LABEL[$tag]}: client $(bench placement "$TMP/$tag-engine-client.log" \
+        "${PAIR_CLIENT_PID[$tag]}"); server $(bench placement "$TMP/$tag-engine-server.log" \
+        "${PAIR_SERVER_PID[$tag]}")" >>"$PLACEMENT"
 done
 
 # --- the runs, interleaved ---
@@ -319,6 +356,10 @@ echo "load average $LOAD_BEFORE before the runs, $LOAD_AFTER after"
 [ "$KCPTUN" = 0 ] || echo "kcptun: ${KCP_DESC:-not started}"
 [ -z "$CLIENT_YAML$SERVER_YAML$BOTH_YAML" ] ||
     echo "extra config: client \`${CLIENT_YAML:-}\`, server \`${SERVER_YAML:-}\`, both \`${BOTH_YAML:-}\`"
+echo
+echo "Engines as running (backend from their log, CPUs each shard thread may use):"
+echo
+cat "$PLACEMENT"
 echo
 KCP_COLUMN=1
 [ "$KCPTUN" != 0 ] || KCP_COLUMN=0
