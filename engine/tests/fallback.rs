@@ -123,3 +123,56 @@ fn engine_falls_back_to_epoll_when_io_uring_is_forbidden() {
         forced.log()
     );
 }
+
+/// The engine binary without CAP_IPC_LOCK (dropped from the bounding set, so root does not
+/// regain it at exec) and with RLIMIT_MEMLOCK at 0: io_uring may not pin its buffer rings.
+fn engine_without_memlock() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_engine"));
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2) and
+    // setrlimit(2), which are async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            const CAP_IPC_LOCK: libc::c_ulong = 14;
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::prctl(libc::PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0) != 0
+                || libc::setrlimit(libc::RLIMIT_MEMLOCK, &none) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+#[test]
+fn engine_falls_back_to_epoll_when_rlimit_memlock_is_too_low() {
+    let dir = TestDir::new("fallback-memlock");
+    let mut config = NodeConfig::new(&dir, "node").listen(free_udp_addr());
+    config.backend = None;
+    let mut engine = Engine::spawn_command(engine_without_memlock(), &dir, "node", &config);
+    engine.wait_ready(READY_TIMEOUT);
+    let log = engine.log();
+    assert!(
+        log.contains("RLIMIT_MEMLOCK is 0 KiB") && log.contains("using the epoll backend"),
+        "the engine says why it does not use io_uring:\n{log}"
+    );
+    let status = common::node::status(&config.control).expect("ctl status");
+    assert_eq!(status.backend, "epoll", "{status:#?}");
+    engine.stop();
+
+    let mut forced = config.clone();
+    forced.backend = Some("io_uring".into());
+    forced.control = dir.path().join("forced.sock");
+    let mut engine = Engine::spawn_command(engine_without_memlock(), &dir, "forced", &forced);
+    let code = engine.wait_exit(Duration::from_secs(20));
+    let log = engine.log();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("io.backend is io_uring") && log.contains("RLIMIT_MEMLOCK"),
+        "the error says what to change:\n{log}"
+    );
+}

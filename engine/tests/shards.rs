@@ -165,3 +165,45 @@ fn connections_move_to_the_shard_with_the_peers_session() {
     assert!(stats.connections_handed_over > 0, "public: {stats:#?}");
     assert_eq!(stats.session_waits_expired, 0, "public: {stats:#?}");
 }
+
+/// Connections that arrive before the peer dials in wait on whichever shard accepted them; when
+/// the peer's one session comes up on another shard, they move there instead of timing out.
+#[test]
+fn waiting_connections_move_when_the_session_comes_up_elsewhere() {
+    let echo = echo_server();
+    let dir = TestDir::new("shards-waiting");
+    let public_udp = free_udp_addr();
+    let public_config = NodeConfig::new(&dir, "public")
+        .shards(2)
+        .listen(public_udp)
+        .peer("inside", None)
+        .map(MAP, free_tcp_addr(), "inside");
+    let inside_config = NodeConfig::new(&dir, "inside")
+        .shards(1)
+        .peer("public", Some(public_udp))
+        .allow(MAP, echo.addr());
+    let public = Engine::start(&dir, "public", &public_config);
+    let addr = public_config.map_addr(MAP);
+    let workers: Vec<_> = (0..16u64)
+        .map(|i| thread::spawn(move || echo_check(addr, 0x5D00 + i, 64 << 10, BULK_TIMEOUT)))
+        .collect();
+    public.wait_stats("16 connections accepted", SESSION_TIMEOUT, |s| {
+        s.connections_accepted >= 16
+    });
+    let _inside = Engine::start(&dir, "inside", &inside_config);
+    for (i, worker) in workers.into_iter().enumerate() {
+        worker
+            .join()
+            .expect("connection thread")
+            .unwrap_or_else(|e| panic!("waiting connection {i}: {e}"));
+    }
+    let stats = public.stats();
+    eprintln!(
+        "public accepted per shard {:?}, handed over {:?}",
+        per_shard(&stats, |s| s.connections_accepted),
+        per_shard(&stats, |s| s.connections_handed_over)
+    );
+    // 16 connections over two listeners: both shards have some (all on one: 2^-15).
+    assert!(stats.connections_handed_over > 0, "public: {stats:#?}");
+    assert_eq!(stats.session_waits_expired, 0, "public: {stats:#?}");
+}

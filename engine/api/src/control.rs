@@ -281,6 +281,7 @@ mod tests {
                 config: "/etc/coretun/config.yaml".into(),
                 uptime_secs: 12,
                 shards: 2,
+                backend: "io_uring".into(),
                 sessions: 3,
                 streams: 40,
             }),
@@ -296,6 +297,11 @@ mod tests {
                 packets_rejected: 8,
                 sessions: 9,
                 streams: 10,
+                packets_handed_over: 11,
+                per_shard: vec![Stats {
+                    packets_sent: 1,
+                    ..Stats::default()
+                }],
                 ..Stats::default()
             }),
             Response::Reloaded { maps: 4 },

@@ -3,9 +3,6 @@
 //! `/sys`, `/proc` or `getrlimit`, so that a misconfiguration stops the engine with a message
 //! that says what to change instead of failing later inside a shard.
 
-// wired by the dataplane in the same change
-#![allow(dead_code)]
-
 use std::fs;
 use std::io;
 

@@ -24,7 +24,7 @@ use super::stats;
 /// How long the control thread waits for a shard's answer.
 const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A message from the control thread to a shard.
+/// A message to a shard, from the control thread or from another shard.
 #[derive(Debug)]
 pub(crate) enum ShardMsg {
     Stats(Sender<ShardStats>),
@@ -39,6 +39,12 @@ pub(crate) enum ShardMsg {
     Connection {
         fd: OwnedFd,
         map: usize,
+    },
+    /// Shard `shard` now has a session with peer `peer` (an index into the config's `peers`):
+    /// connections waiting here for that peer may move there.
+    PeerUp {
+        peer: usize,
+        shard: usize,
     },
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use engine_api::config::{Config, Rate, Shards};
+use engine_api::config::{Backend, Config, Rate};
 use engine_proto::arq::{BbrConfig, RateControlConfig};
 use engine_proto::{EndpointConfig, SessionConfig};
 
@@ -172,32 +172,59 @@ struct Plan {
 }
 
 impl Plan {
+    /// Applies the start-up checks; an error stops the engine with a message saying what to
+    /// change.
     fn new(config: &Config) -> anyhow::Result<Self> {
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let count = match config.shards {
-            Shards::Auto => cores.len().max(1),
-            Shards::Count(n) => n.get(),
-        };
-        let cpus = (0..count)
-            .map(|i| cores.get(i % cores.len().max(1)).map(|c| c.id))
-            .collect();
+        let online = checks::online_cpus().unwrap_or_else(|err| {
+            tracing::warn!(%err, "cannot read the online CPUs; shards are not pinned");
+            Vec::new()
+        });
+        let shards = checks::plan_shards(config.shards, config.cpus.as_deref(), &online)
+            .map_err(|msg| anyhow!("{msg}"))?;
+        for warning in &shards.warnings {
+            tracing::warn!("{warning}");
+        }
+        let backend = choose_backend(config.io.backend, shards.cpus.len())?;
         Ok(Self {
-            cpus,
-            backend: choose_backend(count)?,
-            gso: true,
-            steering: true,
+            cpus: shards.cpus,
+            backend,
+            gso: config.io.gso,
+            steering: config.io.steering,
         })
     }
 }
 
-/// io_uring where the kernel allows it, epoll otherwise (with a log line saying why).
-fn choose_backend(_shards: usize) -> anyhow::Result<BackendKind> {
-    match Io::new(BackendKind::IoUring) {
-        Ok(_probe) => Ok(BackendKind::IoUring),
-        Err(err) => {
-            tracing::warn!(%err, "io_uring is not available; using the epoll backend");
+/// The I/O backend: io_uring where the kernel (and RLIMIT_MEMLOCK) allow it, else epoll, with
+/// a log line saying which and why; a forced io_uring that cannot run is an error.
+fn choose_backend(wanted: Backend, shards: usize) -> anyhow::Result<BackendKind> {
+    let usable = || -> Result<(), String> {
+        checks::memlock_check(Io::uring_pinned_bytes(), shards)?;
+        // A ring with its buffer rings, dropped at once: the only reliable test of whether
+        // io_uring works here (seccomp, `kernel.io_uring_disabled`, old kernels).
+        Io::new(BackendKind::IoUring)
+            .map(drop)
+            .map_err(|err| format!("io_uring cannot be set up: {err}"))
+    };
+    match wanted {
+        Backend::Epoll => {
+            tracing::info!("I/O backend: epoll (io.backend: epoll)");
             Ok(BackendKind::Epoll)
         }
+        Backend::IoUring => {
+            usable().map_err(|msg| anyhow!("io.backend is io_uring, but {msg}"))?;
+            tracing::info!("I/O backend: io_uring (io.backend: io_uring)");
+            Ok(BackendKind::IoUring)
+        }
+        Backend::Auto => match usable() {
+            Ok(()) => {
+                tracing::info!("I/O backend: io_uring");
+                Ok(BackendKind::IoUring)
+            }
+            Err(msg) => {
+                tracing::warn!("io_uring is not available ({msg}); using the epoll backend");
+                Ok(BackendKind::Epoll)
+            }
+        },
     }
 }
 
@@ -275,6 +302,10 @@ fn endpoint_config(config: &Config) -> EndpointConfig {
     }
     if let Some(max) = t.max_rtt {
         session.rtt.max_rtt = max;
+    }
+    if !config.io.gso {
+        // One datagram per send: what the dataplane does without UDP GSO.
+        session.max_segments = 1;
     }
     EndpointConfig {
         session,

@@ -11,6 +11,7 @@ use engine_api::config::Config;
 use engine_proto::wire::SessionId;
 use engine_proto::{CloseReason, Endpoint, SessionEvent};
 
+use super::control::ShardMsg;
 use super::shard::Shard;
 
 /// First wait before dialling again after a failed handshake; doubles up to [`MAX_BACKOFF`].
@@ -229,10 +230,45 @@ impl Shard {
         }
         self.peers.peers[p].sessions.push(session_id);
         self.directory.set(p, self.index, true);
+        if self.peers.peers[p].addr.is_none() {
+            // A peer that dials us may have fewer shards than we do: other shards' connections
+            // waiting for it can come over here.
+            for (i, sibling) in self.siblings.iter().enumerate() {
+                if i != self.index {
+                    sibling.send(ShardMsg::PeerUp {
+                        peer: p,
+                        shard: self.index,
+                    });
+                }
+            }
+        }
         let waiting = std::mem::take(&mut self.peers.peers[p].waiting);
         self.peers.peers[p].wait_deadline = None;
         for index in waiting {
             self.attach_stream(index, session_id);
+        }
+    }
+
+    /// Shard `owner` has a session with peer `p`: if this shard has none, its connections
+    /// waiting for `p` move there (they have no operation in flight while they wait).
+    pub(crate) fn peer_up_elsewhere(&mut self, p: usize, owner: usize) {
+        if self.peers.session(p).is_some() || owner >= self.siblings.len() {
+            return;
+        }
+        let Some(state) = self.peers.peers.get_mut(p) else {
+            return;
+        };
+        let waiting = std::mem::take(&mut state.waiting);
+        state.wait_deadline = None;
+        for index in waiting {
+            let Some(conn) = self.conns.remove(index) else {
+                continue;
+            };
+            let Some(map) = self.config.maps.iter().position(|m| m.id == conn.map) else {
+                continue;
+            };
+            self.counters.connections_handed_over += 1;
+            self.siblings[owner].send(ShardMsg::Connection { fd: conn.fd, map });
         }
     }
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use super::handover::{PeerDirectory, Route, route};
 use super::io::{BackendKind, Completion, Io, IoOp, Op, Token};
 use super::peers::Peers;
 use super::udp::{self, SendSlot};
-use super::{stats::Counters, tcp};
+use super::{stats::Counters, steer, tcp};
 
 /// GSO sends in flight at once.
 const SEND_SLOTS: usize = 64;
@@ -116,6 +116,16 @@ impl Shard {
         let udp = udp::bind(setup.udp_addr, setup.gso)
             .map_err(|err| annotate(err, format!("cannot bind UDP {}", setup.udp_addr)))?;
         let udp_local = tcp::local_addr(&udp)?;
+        if setup.steer {
+            // Without the program packets still arrive, at the kernel's hash, and are handed
+            // over: worth a warning, not a failed start.
+            match steer::attach(udp.as_fd(), setup.shards) {
+                Ok(()) => tracing::info!(shards = setup.shards, "packets steered to their shard"),
+                Err(err) => {
+                    tracing::warn!(%err, "cannot attach the reuseport steering program; misrouted packets will be handed over")
+                }
+            }
+        }
         let mut listeners = Vec::new();
         let mut maps = Vec::new();
         for (i, addr) in setup.map_addrs.iter().enumerate() {
@@ -393,6 +403,7 @@ impl Shard {
                         self.start_connection(now, fd, map, true);
                     }
                 }
+                ShardMsg::PeerUp { peer, shard } => self.peer_up_elsewhere(peer, shard),
             }
         }
     }

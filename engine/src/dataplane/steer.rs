@@ -11,9 +11,9 @@
 //! * bytes 1..5: the receiver's session id, u32 big endian, whose top byte (offset 1) is the
 //!   owning shard.
 //!
-//! A handshake init (type 1) has no session at the receiver yet; its id field carries a random
-//! steering hint from the initiator, and the program returns `hint % shards`, spreading new
-//! sessions over the shards. Every other type returns the shard byte.
+//! A handshake init (type 1) has no session at the receiver yet; its id field carries a steering
+//! hint from the initiator (consecutive for its shards, from a random base), and the program
+//! returns `hint % shards`, spreading a peer's sessions over our shards. Every other type returns the shard byte.
 //!
 //! What the kernel does with other answers (checked in `run_bpf_filter` and
 //! `reuseport_select_sock`): an index at or above the group's socket count makes `run_bpf_filter`
@@ -23,9 +23,6 @@
 //! Datagrams shorter than 5 bytes are answered with `u32::MAX` for the same fallback; an
 //! out-of-bounds load would also be harmless (it ends a classic BPF program with return value
 //! 0, which would pile such packets on shard 0), but the explicit check spreads them.
-
-// wired by the dataplane in the same change
-#![allow(dead_code)]
 
 use std::io;
 use std::mem;

@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub backend: Option<String>,
     /// `io.steering`.
     pub steering: bool,
+    /// Further top-level YAML lines, written as they are.
+    pub extra: Vec<String>,
 }
 
 impl NodeConfig {
@@ -78,6 +80,7 @@ impl NodeConfig {
                 .ok()
                 .filter(|b| !b.is_empty()),
             steering: true,
+            extra: Vec::new(),
         }
     }
 
@@ -140,6 +143,9 @@ impl NodeConfig {
             line(format!("  backend: {backend}"));
         }
         line(format!("  steering: {}", self.steering));
+        for extra in &self.extra {
+            line(extra.clone());
+        }
         line(list_header("peers", self.peers.is_empty()));
         for (name, addr) in &self.peers {
             line(format!("  - name: {name}"));

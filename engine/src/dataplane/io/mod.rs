@@ -144,19 +144,16 @@ impl Io {
         })
     }
 
-    /// Bytes of memory a shard's io_uring pins for its buffer rings (for the RLIMIT_MEMLOCK
-    /// check before start-up).
+    /// Bytes a shard's io_uring charges to RLIMIT_MEMLOCK on kernels that account it: the
+    /// descriptor rings of its two buffer pools, a page each (the buffers themselves are not
+    /// pinned; see `checks::memlock_check`).
     pub(crate) fn uring_pinned_bytes() -> u64 {
-        let udp = u64::from(UDP_BUFFERS) * (uring::RECV_HEADER_LEN + UDP_PAYLOAD_LEN) as u64;
-        let tcp = u64::from(TCP_BUFFERS) * TCP_BUFFER_SIZE as u64;
-        udp + tcp
-    }
-
-    pub(crate) fn kind(&self) -> BackendKind {
-        match self.backend {
-            Backend::Uring(_) => BackendKind::IoUring,
-            Backend::Epoll(_) => BackendKind::Epoll,
-        }
+        let descriptor = 16u64;
+        let page = 4096u64;
+        [UDP_BUFFERS, TCP_BUFFERS]
+            .iter()
+            .map(|&n| (u64::from(n) * descriptor).next_multiple_of(page))
+            .sum()
     }
 
     /// Queues an operation (see the module's contract for its pointers).
