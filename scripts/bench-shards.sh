@@ -16,6 +16,9 @@
 #   RUNS=3               repetitions of each measurement
 #   SECONDS_PER_RUN=10   iperf3 duration (-t); packet and CPU rates are per this many seconds
 #   KCPTUN=1             also measure kcptun (default 0 with --gso-compare)
+#   SPLIT=0              1: for each shard count S with 2S <= nproc also a set-up with the client
+#                        engine's shards on CPUs 0..S-1 and the server's on S..2S-1 (by default
+#                        both engines put shard i on CPU i, so they share cores)
 #   CLIENT_YAML, SERVER_YAML, BOTH_YAML
 #                        extra top-level YAML for the client, server or both engine configs of
 #                        every set-up (e.g. CLIENT_YAML='cpus: [0]' SERVER_YAML='cpus: [1]')
@@ -37,7 +40,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --gso-compare) MODE=gso ;;
     -h | --help)
-        bench_help "$0" 28
+        bench_help "$0" 30
         exit 0
         ;;
     *) bench_bad_arg "$1" ;;
@@ -58,6 +61,7 @@ fi
 CLIENT_YAML=${CLIENT_YAML:-}
 SERVER_YAML=${SERVER_YAML:-}
 BOTH_YAML=${BOTH_YAML:-}
+SPLIT=${SPLIT:-0}
 
 bench_init
 
@@ -254,7 +258,7 @@ bench() { python3 "$TMP/bench.py" "$@"; }
 
 # --- the set-ups: tag, label, engine_pair_start arguments ---
 TAGS=()
-declare -A LABEL ARGS
+declare -A LABEL ARGS SPLIT_CLIENT SPLIT_SERVER
 if [ "$MODE" = gso ]; then
     add_setup() { TAGS+=("$1"); LABEL[$1]=$2; ARGS[$1]="io: { backend: $3, gso: $4 }"; }
     add_setup uring-gso "io_uring, GSO/GRO on" io_uring true
@@ -265,6 +269,12 @@ else
     for s in $SHARDS; do
         TAGS+=("s$s")
         if [ "$s" = 1 ]; then LABEL[s$s]="1 shard"; else LABEL[s$s]="$s shards"; fi
+        if [ "$SPLIT" = 1 ] && [ $((2 * s)) -le "$(nproc)" ]; then
+            TAGS+=("x$s")
+            LABEL[x$s]="${LABEL[s$s]}, engines on separate CPUs"
+            SPLIT_CLIENT[x$s]="cpus: \"0-$((s - 1))\""
+            SPLIT_SERVER[x$s]="cpus: \"$s-$((2 * s - 1))\""
+        fi
     done
 fi
 
@@ -287,11 +297,12 @@ for tag in "${TAGS[@]}"; do
         shards=1
     else
         both=$BOTH_YAML
-        shards=${tag#s}
+        shards=${tag#[sx]}
     fi
     log "starting engines: ${LABEL[$tag]}"
     engine_pair_start "$tag" --target "$IPERF_PORT" --shards "$shards" --both "$both" \
-        --client "$CLIENT_YAML" --server "$SERVER_YAML" || log "${LABEL[$tag]}: not measured"
+        --client "$CLIENT_YAML"$'\n'"${SPLIT_CLIENT[$tag]:-}" \
+        --server "$SERVER_YAML"$'\n'"${SPLIT_SERVER[$tag]:-}" || log "${LABEL[$tag]}: not measured"
 done
 
 # What each set-up really runs (a config key the engine accepts but does not apply shows here).
