@@ -363,7 +363,7 @@ else
 fi
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(machine_line); $RUNS runs per set-up, interleaved;"
-echo "load average $LOAD_BEFORE before the runs, $LOAD_AFTER after"
+echo "load average $LOAD_BEFORE before the runs, $LOAD_AFTER after."
 [ "$KCPTUN" = 0 ] || echo "kcptun: ${KCP_DESC:-not started}"
 [ -z "$CLIENT_YAML$SERVER_YAML$BOTH_YAML" ] ||
     echo "extra config: client \`${CLIENT_YAML:-}\`, server \`${SERVER_YAML:-}\`, both \`${BOTH_YAML:-}\`"
