@@ -78,16 +78,20 @@ COUNTERS = ("packets_sent", "packets_received", "bytes_sent", "bytes_received",
             "connections_accepted", "connections_handed_over", "packets_lost",
             "packets_handed_over", "sessions")
 
-def threads(pid):
-    """CPU ticks (user + system) per thread name of process pid."""
-    out = {}
+def tasks(pid, name):
+    """(thread name, contents of /proc/pid/task/*/name) for each thread of process pid."""
     task = "/proc/%s/task" % pid
     for tid in os.listdir(task):
         try:
-            comm = open("%s/%s/comm" % (task, tid)).read().strip()
-            stat = open("%s/%s/stat" % (task, tid)).read()
+            yield (open("%s/%s/comm" % (task, tid)).read().strip(),
+                   open("%s/%s/%s" % (task, tid, name)).read())
         except OSError:
             continue
+
+def threads(pid):
+    """CPU ticks (user + system) per thread name of process pid."""
+    out = {}
+    for comm, stat in tasks(pid, "stat"):
         fields = stat[stat.rindex(")") + 2:].split()
         out[comm] = out.get(comm, 0) + int(fields[11]) + int(fields[12])
     return out
@@ -133,13 +137,7 @@ def placement(log, pid):
         if "engine ready" in line and 'backend="' in line:
             backend = line.split('backend="', 1)[1].split('"', 1)[0]
     cpus = {}
-    task = "/proc/%s/task" % pid
-    for tid in os.listdir(task):
-        try:
-            comm = open("%s/%s/comm" % (task, tid)).read().strip()
-            status = open("%s/%s/status" % (task, tid)).read()
-        except OSError:
-            continue
+    for comm, status in tasks(pid, "status"):
         if comm.startswith("shard-"):
             allowed = [l.split(":", 1)[1].strip() for l in status.splitlines()
                        if l.startswith("Cpus_allowed_list:")]
