@@ -236,8 +236,10 @@ impl Bbr {
         snapshot: &SendSnapshot,
         sent_time: Instant,
         bytes: u64,
+        ack_delay: Duration,
     ) {
-        self.sampler.on_acked(now, snapshot, sent_time, bytes);
+        self.sampler
+            .on_acked(now, snapshot, sent_time, bytes, ack_delay);
         self.ack_acked = self.ack_acked.saturating_add(bytes);
 
         // Packet-timed round trips: a round ends when a packet sent after the previous round's
@@ -258,13 +260,21 @@ impl Bbr {
             self.round_min_rtt = None;
         }
 
-        // RTT of this very packet (ack delay included: it is part of what the sender sees).
-        let rtt = now.saturating_duration_since(sent_time);
-        self.round_min_rtt = Some(self.round_min_rtt.map_or(rtt, |m| m.min(rtt)));
+        // RTT of this very packet. The minimum is taken over raw samples (as in RFC 9002: a
+        // peer overstating its ACK delay cannot lower it), but queue estimates leave out the
+        // time the peer held the ACK back (never going below the minimum for it). Otherwise, at
+        // a rate too low to fill the receiver's ACK threshold within its ACK delay, every ACK
+        // comes a full delay late, every round looks like a standing queue (5 ms on a 0.3 ms
+        // path), and the delay guard keeps cutting the estimate down to what such rounds
+        // deliver: the sender cannot climb out of a low rate. The session caps the delay at
+        // the agreed maximum, so a lying peer hides at most that much queue.
+        let raw = now.saturating_duration_since(sent_time);
         let t = self.nanos_since_epoch(now);
-        let v = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX);
+        let v = u64::try_from(raw.as_nanos()).unwrap_or(u64::MAX);
         let min_rtt = Duration::from_nanos(self.min_rtt_filter.update(t, v));
         self.min_rtt = Some(min_rtt);
+        let rtt = raw.saturating_sub(ack_delay).max(min_rtt.min(raw));
+        self.round_min_rtt = Some(self.round_min_rtt.map_or(rtt, |m| m.min(rtt)));
 
         let queue_free = rtt.saturating_sub(min_rtt) <= classify_threshold(min_rtt);
         self.loss.on_acked(bytes, queue_free);

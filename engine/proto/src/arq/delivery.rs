@@ -110,16 +110,28 @@ impl DeliveryRateSampler {
         }
     }
 
-    /// Records the acknowledgement of a packet of `bytes` sent at `sent_time`.
+    /// Records the acknowledgement of a packet of `bytes` sent at `sent_time`, by an ACK the
+    /// peer held back for `ack_delay`.
     pub fn on_acked(
         &mut self,
         now: Instant,
         snapshot: &SendSnapshot,
         sent_time: Instant,
         bytes: u64,
+        ack_delay: Duration,
     ) {
+        // The ACK interval runs from when the data would have been acknowledged without the
+        // receiver's deliberate delay. Otherwise, when fewer packets than the receiver's ACK
+        // threshold are sent per ACK delay, every interval contains the whole delay, each sample
+        // is capped at a packet or two per delay whatever the path, and the estimate can never
+        // rise above that (on a 0.3 ms path with a 5 ms ACK delay: ~0.002 Gbit/s for seconds).
+        let acked_at = now
+            .checked_sub(ack_delay)
+            .unwrap_or(now)
+            .max(sent_time)
+            .max(self.delivered_time);
         self.delivered = self.delivered.saturating_add(bytes);
-        self.delivered_time = now;
+        self.delivered_time = acked_at;
         // The sample is based on the most recently sent packet acknowledged by this ACK.
         let newest = self.pending.is_none_or(|p| sent_time >= p.newest_sent);
         if newest {
@@ -127,7 +139,7 @@ impl DeliveryRateSampler {
                 prior_delivered: snapshot.delivered,
                 prior_lost: snapshot.lost,
                 send_elapsed: sent_time.saturating_duration_since(snapshot.first_sent_time),
-                ack_elapsed: now.saturating_duration_since(snapshot.delivered_time),
+                ack_elapsed: acked_at.saturating_duration_since(snapshot.delivered_time),
                 is_app_limited: snapshot.is_app_limited,
                 newest_sent: sent_time,
             });
@@ -188,7 +200,7 @@ mod tests {
             // Acks for packets sent 20 ms ago.
             if i >= 20 {
                 let (snap, st) = sent[(i - 20) as usize];
-                s.on_acked(now, &snap, st, 1000);
+                s.on_acked(now, &snap, st, 1000, Duration::ZERO);
                 inflight -= 1000;
                 last = s.finish_ack(Some(ms * 20));
             }
@@ -210,14 +222,14 @@ mod tests {
         let snap = s.on_sent(t0, 0);
         assert!(snap.is_app_limited);
         let t1 = t0 + Duration::from_millis(10);
-        s.on_acked(t1, &snap, t0, 1200);
+        s.on_acked(t1, &snap, t0, 1200, Duration::ZERO);
         // Interval 10 ms below a 20 ms min RTT: discarded.
         assert_eq!(s.finish_ack(Some(Duration::from_millis(20))), None);
         assert!(!s.is_app_limited());
         let snap = s.on_sent(t1, 0);
         s.on_lost(500);
         let t2 = t1 + Duration::from_millis(40);
-        s.on_acked(t2, &snap, t1, 1200);
+        s.on_acked(t2, &snap, t1, 1200, Duration::ZERO);
         let r = s
             .finish_ack(Some(Duration::from_millis(20)))
             .expect("sample");

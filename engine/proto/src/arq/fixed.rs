@@ -70,8 +70,10 @@ impl FixedRate {
         snapshot: &SendSnapshot,
         sent_time: Instant,
         bytes: u64,
+        ack_delay: Duration,
     ) {
-        self.sampler.on_acked(now, snapshot, sent_time, bytes);
+        self.sampler
+            .on_acked(now, snapshot, sent_time, bytes, ack_delay);
         // The rate does not depend on loss, so every loss counts as "random" here.
         self.loss.on_acked(bytes, true);
         if snapshot.delivered >= self.next_round_delivered {

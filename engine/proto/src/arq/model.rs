@@ -4,7 +4,9 @@
 //! losses with a packet threshold of 3 (there is no reordering, so that is exact) or a
 //! retransmission timeout. The bottleneck is a FIFO drop-tail queue in front of a link of `rate`
 //! bytes/s; after the link a seeded Bernoulli process drops packets at random; ACKs come back
-//! after the base RTT and are never lost. Every received packet is acknowledged by its own ACK.
+//! after the base RTT and are never lost. The receiver acknowledges every `ack_every` packets or
+//! `max_ack_delay` after the first unacknowledged one, whichever comes first, and reports how
+//! long it held the ACK (as a session's receiver does).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -30,6 +32,9 @@ pub(crate) struct Link {
     pub buffer: u64,
     pub mtu: u64,
     pub seed: u64,
+    /// Packets per ACK (1: every packet is acknowledged at once).
+    pub ack_every: u64,
+    pub max_ack_delay: Duration,
 }
 
 /// What the model measured over the final measurement window.
@@ -83,7 +88,19 @@ pub(crate) fn run(
     let mut next_pn = 0u64;
     let mut in_flight: BTreeMap<u64, Sent> = BTreeMap::new();
     let mut bytes_in_flight = 0u64;
-    let mut acks: VecDeque<(u64, u64)> = VecDeque::new();
+    // ACKs on their way back: (arrival at the sender, packet numbers, ACK delay in ns).
+    let mut acks: VecDeque<(u64, Vec<u64>, u64)> = VecDeque::new();
+    // Arrived at the receiver and not yet acknowledged: (arrival, packet number).
+    let mut unacked: Vec<(u64, u64)> = Vec::new();
+    let half_rtt = base_ns / 2;
+    let max_ack_delay = link.max_ack_delay.as_nanos() as u64;
+    // The receiver sends an ACK at `at` for everything it holds.
+    let flush = |unacked: &mut Vec<(u64, u64)>, acks: &mut VecDeque<_>, at: u64| {
+        if let Some(&(last, _)) = unacked.last() {
+            let pns = unacked.drain(..).map(|(_, pn)| pn).collect::<Vec<u64>>();
+            acks.push_back((at + half_rtt, pns, at - last));
+        }
+    };
     let mut link_free = 0u64;
     let mut last_progress = 0u64;
     let mut backoff = 0u32;
@@ -98,18 +115,31 @@ pub(crate) fn run(
     let stat_step = 10_000_000; // 10 ms
 
     while now < end_ns {
-        // ACKs due now, each its own ACK frame.
-        while let Some(&(t, pn)) = acks.front() {
-            if t > now {
+        // The receiver's delayed-ACK timer.
+        if let Some(&(first, _)) = unacked.first()
+            && first + max_ack_delay <= now
+        {
+            flush(&mut unacked, &mut acks, first + max_ack_delay);
+        }
+        // ACKs due now.
+        while acks.front().is_some_and(|&(t, _, _)| t <= now) {
+            let Some((_, pns, delay_ns)) = acks.pop_front() else {
                 break;
+            };
+            let delay = Duration::from_nanos(delay_ns);
+            let mut largest = None;
+            for pn in pns {
+                let Some(p) = in_flight.remove(&pn) else {
+                    continue;
+                };
+                largest = Some((pn, p.sent_ns));
+                bytes_in_flight -= p.bytes;
+                rc.on_packet_acked(at(now), &p.snapshot, at(p.sent_ns), p.bytes, delay);
             }
-            acks.pop_front();
-            let Some(p) = in_flight.remove(&pn) else {
+            let Some((pn, sent_ns)) = largest else {
                 continue;
             };
-            bytes_in_flight -= p.bytes;
-            rtt.update(Duration::ZERO, Duration::from_nanos(now - p.sent_ns));
-            rc.on_packet_acked(at(now), &p.snapshot, at(p.sent_ns), p.bytes);
+            rtt.update(delay, Duration::from_nanos(now - sent_ns));
             // Packet threshold 3.
             let lost: Vec<u64> = in_flight
                 .range(..pn.saturating_sub(2))
@@ -187,11 +217,19 @@ pub(crate) fn run(
             if u < link.loss {
                 continue;
             }
-            let arrival = link_free + base_ns / 2;
+            let arrival = link_free + half_rtt;
             if arrival >= measure_from && arrival < end_ns {
                 received += mtu;
             }
-            acks.push_back((link_free + base_ns, pn));
+            if let Some(&(first, _)) = unacked.first()
+                && first + max_ack_delay <= arrival
+            {
+                flush(&mut unacked, &mut acks, first + max_ack_delay);
+            }
+            unacked.push((arrival, pn));
+            if unacked.len() as u64 >= link.ack_every.max(1) {
+                flush(&mut unacked, &mut acks, arrival);
+            }
         }
 
         // Statistics every 10 ms of the measurement window.
@@ -202,13 +240,17 @@ pub(crate) fn run(
             next_stat += stat_step;
         }
 
-        let next_ack = acks.front().map_or(u64::MAX, |&(t, _)| t);
+        let next_ack = acks.front().map_or(u64::MAX, |&(t, _, _)| t);
+        let ack_timer = unacked
+            .first()
+            .map_or(u64::MAX, |&(first, _)| first + max_ack_delay);
         let rto = if bytes_in_flight > 0 {
             last_progress + rtt.rto(backoff).as_nanos() as u64
         } else {
             u64::MAX
         };
         now = next_ack
+            .min(ack_timer)
             .min(next_send)
             .min(rto)
             .min(next_stat)

@@ -14,7 +14,7 @@
 //!   pacer allowed more;
 //! * [`RateControl::on_rto`] when a retransmission timeout fired.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::arq::bbr::{Bbr, BbrConfig};
 use crate::arq::delivery::SendSnapshot;
@@ -85,7 +85,8 @@ impl RateControl {
         dispatch!(self, c => c.on_packet_sent(now, bytes, bytes_in_flight_before))
     }
 
-    /// A packet sent at `sent_time` was newly acknowledged.
+    /// A packet sent at `sent_time` was newly acknowledged by an ACK frame that the peer says it
+    /// held back for `ack_delay` (already capped at the agreed maximum ACK delay).
     #[inline]
     pub fn on_packet_acked(
         &mut self,
@@ -93,8 +94,9 @@ impl RateControl {
         snapshot: &SendSnapshot,
         sent_time: Instant,
         bytes: u64,
+        ack_delay: Duration,
     ) {
-        dispatch!(self, c => c.on_packet_acked(now, snapshot, sent_time, bytes))
+        dispatch!(self, c => c.on_packet_acked(now, snapshot, sent_time, bytes, ack_delay))
     }
 
     /// A packet sent at `sent_time` was declared lost.
@@ -186,6 +188,8 @@ mod tests {
             buffer: (rate as u128 * base_rtt.as_nanos() / 1_000_000_000) as u64,
             mtu: MTU,
             seed: 7,
+            ack_every: 1,
+            max_ack_delay: Duration::ZERO,
         }
     }
 
@@ -360,6 +364,34 @@ mod tests {
         }
         assert!(rc.pacing_rate() > 0);
         assert!(rc.cwnd() >= 4 * MTU);
+    }
+
+    #[test]
+    fn bbr_climbs_out_of_a_low_rate_under_delayed_acks() {
+        // A short path (0.3 ms) whose receiver acknowledges every 4th packet or after 5 ms, like
+        // a session's. The bottleneck starts at 2 Mbit/s (on a real host: a peer starved of CPU),
+        // so the estimate settles there; then the bottleneck becomes 400 Mbit/s. At 2 Mbit/s
+        // fewer than 4 packets go out per 5 ms, so every ACK is held for the full delay. Taking
+        // that delay for path delay capped every delivery-rate sample at a packet or two per
+        // 5 ms and made every round look like a standing queue: the sender stayed at ~0.002
+        // Gbit/s for seconds after the bottleneck was gone.
+        let mut l = link(2, 0, 0.0);
+        l.base_rtt = Duration::from_micros(300);
+        l.buffer = 1 << 20;
+        l.ack_every = 4;
+        l.max_ack_delay = Duration::from_millis(5);
+        let faster = Some((Duration::from_secs(3), mbit(400)));
+        let o = run(
+            bbr(),
+            &l,
+            Duration::from_secs(4),
+            Duration::from_millis(500),
+            faster,
+            None,
+        );
+        report("2->400M/0.3ms, delayed ACKs", &o);
+        assert!(o.goodput_ratio >= 0.9, "{o:?}");
+        assert!(o.bw_ratio > 0.9, "{o:?}");
     }
 
     #[test]

@@ -479,6 +479,9 @@ impl Session {
         }
         let mut rtt_sample = None;
         let mut largest_ack_acked = None;
+        // How long the peer held this ACK back (it acknowledges every few packets, or after at
+        // most `max_ack_delay`). A larger claim is not believed.
+        let ack_delay = Duration::from_micros(ack.ack_delay_us).min(self.config.max_ack_delay);
         for &pn in &newly {
             let Some(p) = self.sent.on_acked(pn) else {
                 continue;
@@ -503,7 +506,7 @@ impl Session {
             }
             if let Some(snapshot) = &p.snapshot {
                 self.cc
-                    .on_packet_acked(now, snapshot, p.time, u64::from(p.size));
+                    .on_packet_acked(now, snapshot, p.time, u64::from(p.size), ack_delay);
             }
             if let Some(l) = p.largest_ack_sent {
                 largest_ack_acked = Some(largest_ack_acked.map_or(l, |m: u64| m.max(l)));
@@ -517,8 +520,7 @@ impl Session {
             self.acks.on_ack_acked(l);
         }
         if let Some(sample) = rtt_sample {
-            let delay = Duration::from_micros(ack.ack_delay_us).min(self.config.max_ack_delay);
-            self.rtt.update(delay, sample);
+            self.rtt.update(ack_delay, sample);
         }
         self.pto_count = 0;
         self.detect_lost(now);
