@@ -371,7 +371,11 @@ impl Bbr {
     /// an accident.
     pub fn on_rto(&mut self, _now: Instant) {
         if let Some(b) = self.bw.get() {
-            self.bw.reset(self.round, (b / 2).max(1));
+            // Halved per timeout, but never below the minimum window per second: a run of
+            // timeouts (a delay spike far above the RTT) must not leave a pacing rate of bytes
+            // per second and the next send hours away once the path is back.
+            let floor = self.config.min_cwnd_bytes.max(1);
+            self.bw.reset(self.round, (b / 2).max(floor));
         }
         self.state = State::Startup;
         self.filled_pipe = false;
@@ -631,6 +635,22 @@ mod tests {
         bbr.bw.update(0, BW);
         bbr.cwnd = 4 << 20;
         bbr
+    }
+
+    #[test]
+    fn timeouts_never_starve_the_pacing_rate() {
+        let t0 = Instant::now();
+        let mut bbr = bbr_at(t0);
+        for _ in 0..64 {
+            bbr.on_rto(t0);
+        }
+        let floor = BbrConfig::default().min_cwnd_bytes;
+        assert!(
+            bbr.bw.get().is_some_and(|b| b >= floor),
+            "{:?}",
+            bbr.bw.get()
+        );
+        assert!(bbr.pacing_rate() >= floor, "{}", bbr.pacing_rate());
     }
 
     #[test]
