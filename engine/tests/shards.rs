@@ -40,6 +40,22 @@ fn concurrent_echoes(addr: SocketAddr, count: u64, seed: u64) {
     );
 }
 
+/// A public node with two shards whose map reaches, over the session the inside node dials,
+/// the inside node's `target`; the inside node runs one shard, so one session.
+fn reverse_pair(dir: &TestDir, target: SocketAddr) -> (NodeConfig, NodeConfig) {
+    let public_udp = free_udp_addr();
+    let public = NodeConfig::new(dir, "public")
+        .shards(2)
+        .listen(public_udp)
+        .peer("inside", None)
+        .map(MAP, free_tcp_addr(), "inside");
+    let inside = NodeConfig::new(dir, "inside")
+        .shards(1)
+        .peer("public", Some(public_udp))
+        .allow(MAP, target);
+    (public, inside)
+}
+
 fn per_shard<T>(stats: &Stats, field: impl Fn(&Stats) -> T) -> Vec<T> {
     stats.per_shard.iter().map(field).collect()
 }
@@ -134,16 +150,7 @@ fn misrouted_packets_are_handed_over_and_counted() {
 fn connections_move_to_the_shard_with_the_peers_session() {
     let echo = echo_server();
     let dir = TestDir::new("shards-reverse");
-    let public_udp = free_udp_addr();
-    let public_config = NodeConfig::new(&dir, "public")
-        .shards(2)
-        .listen(public_udp)
-        .peer("inside", None)
-        .map(MAP, free_tcp_addr(), "inside");
-    let inside_config = NodeConfig::new(&dir, "inside")
-        .shards(1)
-        .peer("public", Some(public_udp))
-        .allow(MAP, echo.addr());
+    let (public_config, inside_config) = reverse_pair(&dir, echo.addr());
     let public = Engine::start(&dir, "public", &public_config);
     let _inside = Engine::start(&dir, "inside", &inside_config);
     let addr = public_config.map_addr(MAP);
@@ -173,16 +180,7 @@ fn connections_move_to_the_shard_with_the_peers_session() {
 fn waiting_connections_move_when_the_session_comes_up_elsewhere() {
     let echo = echo_server();
     let dir = TestDir::new("shards-waiting");
-    let public_udp = free_udp_addr();
-    let public_config = NodeConfig::new(&dir, "public")
-        .shards(2)
-        .listen(public_udp)
-        .peer("inside", None)
-        .map(MAP, free_tcp_addr(), "inside");
-    let inside_config = NodeConfig::new(&dir, "inside")
-        .shards(1)
-        .peer("public", Some(public_udp))
-        .allow(MAP, echo.addr());
+    let (public_config, inside_config) = reverse_pair(&dir, echo.addr());
     let public = Engine::start(&dir, "public", &public_config);
     let addr = public_config.map_addr(MAP);
     let workers: Vec<_> = (0..16u64)
