@@ -106,9 +106,9 @@ impl Gf256Rs {
         }
         // coef[a][j] = sum_i A^-1[a][i] * C[rows[i]][j] for present data j.
         for a in 0..m {
-            for j in 0..self.data {
+            for (j, &here) in present.iter().take(self.data).enumerate() {
                 let mut sum = 0u8;
-                if present[j] {
+                if here {
                     for (i, &row) in self.rows.iter().enumerate() {
                         sum ^= mul(self.work[a * w + m + i], self.coefficient(row, j));
                     }
