@@ -61,16 +61,12 @@ impl Gf256Rs {
         })
     }
 
-    fn coefficient(&self, row: usize, col: usize) -> u8 {
-        self.matrix[row * self.data + col]
-    }
-
     /// Fills `self.coef` for the lost shards in `self.lost` recovered from the parity rows in
     /// `self.rows`: with `A = C[rows][lost]` and `B = C[rows][present data]`, the lost data is
     /// `A^-1 P_rows + A^-1 B D_present` (characteristic 2: minus is plus).
     /// Row `a` of `coef` takes `A^-1 B` in the present data columns and `A^-1` is left in
     /// `work`'s right half.
-    fn solve(&mut self, present: &[bool]) -> Result<(), FecError> {
+    fn solve(&mut self) -> Result<(), FecError> {
         let m = self.lost.len();
         let w = 2 * m;
         // [A | I]
@@ -104,16 +100,19 @@ impl Gf256Rs {
                 }
             }
         }
-        // coef[a][j] = sum_i A^-1[a][i] * C[rows[i]][j] for present data j.
-        for a in 0..m {
-            for (j, &here) in present.iter().take(self.data).enumerate() {
-                let mut sum = 0u8;
-                if here {
-                    for (i, &row) in self.rows.iter().enumerate() {
-                        sum ^= mul(self.work[a * w + m + i], self.coefficient(row, j));
-                    }
+        // coef[a][j] = sum_i A^-1[a][i] * C[rows[i]][j], a row at a time in the SIMD kernels
+        // (m x m x d products: scalar, they dominated large recoveries). Columns of lost shards
+        // get values too; they are never used.
+        let d = self.data;
+        for (a, out) in self.coef.chunks_exact_mut(d).take(m).enumerate() {
+            for (i, &row) in self.rows.iter().enumerate() {
+                let c = self.work[a * w + m + i];
+                let src = &self.matrix[row * d..(row + 1) * d];
+                if i == 0 {
+                    mul_slice(c, src, out);
+                } else {
+                    mul_slice_xor(c, src, out);
                 }
-                self.coef[a * self.data + j] = sum;
             }
         }
         Ok(())
@@ -182,7 +181,7 @@ impl ErasureCode for Gf256Rs {
         if self.rows.len() != m {
             return Err(FecError::Codec);
         }
-        self.solve(present)?;
+        self.solve()?;
 
         let w = 2 * m;
         for a in 0..m {

@@ -115,7 +115,7 @@ impl Codec {
     /// The largest group (data + parity shards) [`Codec::new`] gives to [`Gf256Rs`].
     ///
     /// Measured (BENCHMARKS.md, "FEC codecs (issue 5)", 1350-byte shards): a Leopard recovery
-    /// costs a fixed ~240-380 us whatever was lost, while a GF(2^8) recovery costs ~39 ns per
+    /// costs a fixed ~240-380 us whatever was lost, while a GF(2^8) recovery costs ~55-90 ns per
     /// lost shard per data shard (1.65 us for 3 of (10,3), 84 us for 16 of (64,16)); even at
     /// the maximum loss the two only meet at (128,32) (~380 us each). Leopard encodes 3-4x
     /// faster from 64 shards up, but every large group under real loss also needs a recovery,
