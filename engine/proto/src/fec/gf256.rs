@@ -142,14 +142,16 @@ impl ErasureCode for Gf256Rs {
             // The SIMD kernels index the first byte.
             return Ok(());
         }
-        for (i, out) in parity.iter_mut().enumerate() {
-            let out = out.as_mut();
-            let row = &self.matrix[i * self.data..(i + 1) * self.data];
-            for (j, (input, &c)) in data.iter().zip(row).enumerate() {
+        // Input-major: each data shard is read once and multiplied into every parity shard
+        // (all of which stay in L1 for small groups).
+        for (j, input) in data.iter().enumerate() {
+            let input = input.as_ref();
+            for (i, out) in parity.iter_mut().enumerate() {
+                let c = self.matrix[i * self.data + j];
                 if j == 0 {
-                    mul_slice(c, input.as_ref(), out);
+                    mul_slice(c, input, out.as_mut());
                 } else {
-                    mul_slice_xor(c, input.as_ref(), out);
+                    mul_slice_xor(c, input, out.as_mut());
                 }
             }
         }
