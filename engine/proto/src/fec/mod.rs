@@ -10,8 +10,9 @@
 //!   shards, so its cost grows with what was lost, and it stays under 2 us for a (10,3) group.
 //!   At most 256 shards in a group.
 //! * [`LeopardRs`]: `reed-solomon-simd` (Leopard: FFT over GF(2^16)). Encoding is O(n log n),
-//!   but every recovery pays a fixed ~250 us (measured here) for its error-locator transform
-//!   over the whole field, which only large groups (interleaving against burst loss) amortise.
+//!   but every recovery pays a fixed ~200-400 us (measured here) for its error-locator
+//!   transform over the whole field, which only large groups (interleaving against burst loss)
+//!   amortise.
 //!
 //! [`Codec::new`] picks one by group size ([`Codec::GF256_MAX_SHARDS`]; the figures behind the
 //! threshold are in BENCHMARKS.md, "FEC codecs (issue 5)").
@@ -115,12 +116,12 @@ impl Codec {
     /// The largest group (data + parity shards) [`Codec::new`] gives to [`Gf256Rs`].
     ///
     /// Measured (BENCHMARKS.md, "FEC codecs (issue 5)", 1350-byte shards): a Leopard recovery
-    /// costs a fixed ~240-380 us whatever was lost, while a GF(2^8) recovery costs ~55-90 ns per
-    /// lost shard per data shard (1.65 us for 3 of (10,3), 84 us for 16 of (64,16)); even at
-    /// the maximum loss the two only meet at (128,32) (~380 us each). Leopard encodes 3-4x
-    /// faster from 64 shards up, but every large group under real loss also needs a recovery,
-    /// so encode + decode favours GF(2^8) up to about 160 shards at the maximum loss (more at
-    /// realistic loss). Leopard takes the groups past that, up to 65536 shards.
+    /// costs a fixed ~200-400 us whatever was lost, while a GF(2^8) recovery costs ~45 ns per
+    /// lost shard per data shard (1.3 us for 3 of (10,3), 45 us for 16 of (64,16)). Leopard
+    /// encodes 3-7x faster from 64 shards up, but under real loss nearly every large group also
+    /// needs a recovery: encode + maximum-loss recovery is 87 against 250 us at (64,16) and
+    /// meets at (128,32) (433 against 415 us); with fewer losses GF(2^8) gains. Leopard takes
+    /// the groups past that, up to 65536 shards.
     pub const GF256_MAX_SHARDS: usize = 128;
 
     /// The codec for `data` data and `parity` parity shards, picked by group size.
