@@ -14,6 +14,7 @@ pub mod arq;
 pub mod config;
 pub mod crypto;
 pub mod endpoint;
+pub mod fec;
 pub mod mux;
 pub mod session;
 pub mod wire;
