@@ -12,7 +12,7 @@
 
 use reed_solomon_erasure::galois_8::{div, mul, mul_slice, mul_slice_xor};
 
-use super::{ErasureCode, FecError, check_group, common_len, pair_mut};
+use super::{ErasureCode, FecError, check_encode, check_group, pair_mut};
 
 /// GF(2^8) has 256 elements, so at most 256 distinct evaluation points: data + parity <= 256.
 const MAX_SHARDS: usize = 256;
@@ -133,11 +133,7 @@ impl ErasureCode for Gf256Rs {
         D: AsRef<[u8]>,
         P: AsMut<[u8]>,
     {
-        let len = common_len(self.data, data.iter().map(|s| s.as_ref().len()))?;
-        let parity_len = common_len(self.parity, parity.iter_mut().map(|s| s.as_mut().len()))?;
-        if parity_len != len {
-            return Err(FecError::ShardLength);
-        }
+        let len = check_encode((self.data, self.parity), data, parity)?;
         if len == 0 {
             // The SIMD kernels index the first byte.
             return Ok(());
@@ -162,13 +158,7 @@ impl ErasureCode for Gf256Rs {
     where
         S: AsRef<[u8]> + AsMut<[u8]>,
     {
-        let (len, count) = check_group(self.data + self.parity, shards, present)?;
-        if count < self.data {
-            return Err(FecError::TooFewShards {
-                present: count,
-                needed: self.data,
-            });
-        }
+        let len = check_group((self.data, self.parity), shards, present)?;
         self.lost.clear();
         self.lost.extend((0..self.data).filter(|&j| !present[j]));
         if self.lost.is_empty() || len == 0 {

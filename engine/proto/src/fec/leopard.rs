@@ -12,7 +12,7 @@ use std::fmt;
 
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
-use super::{ErasureCode, FecError, Gf256Rs, check_group, common_len};
+use super::{ErasureCode, FecError, Gf256Rs, check_encode, check_group};
 
 /// Leopard Reed-Solomon over GF(2^16) (`reed-solomon-simd`), for large groups.
 pub struct LeopardRs {
@@ -196,11 +196,7 @@ impl ErasureCode for LeopardRs {
         D: AsRef<[u8]>,
         P: AsMut<[u8]>,
     {
-        let len = common_len(self.data, data.iter().map(|s| s.as_ref().len()))?;
-        let parity_len = common_len(self.parity, parity.iter_mut().map(|s| s.as_mut().len()))?;
-        if parity_len != len {
-            return Err(FecError::ShardLength);
-        }
+        let len = check_encode((self.data, self.parity), data, parity)?;
         let even = len & !1;
         if even != len && self.tail.is_none() {
             return Err(FecError::ShardLength);
@@ -228,13 +224,7 @@ impl ErasureCode for LeopardRs {
     where
         S: AsRef<[u8]> + AsMut<[u8]>,
     {
-        let (len, count) = check_group(self.data + self.parity, shards, present)?;
-        if count < self.data {
-            return Err(FecError::TooFewShards {
-                present: count,
-                needed: self.data,
-            });
-        }
+        let len = check_group((self.data, self.parity), shards, present)?;
         if present.iter().take(self.data).all(|p| *p) || len == 0 {
             return Ok(());
         }

@@ -234,13 +234,29 @@ fn common_len(
     }
 }
 
-/// Checks a group passed to `reconstruct`: shard and flag counts and one shard length.
-/// Returns the shard length and the number of shards present.
+/// Checks the arguments of `encode`: `data` and `parity` shards, all of one length; returns it.
+fn check_encode<D: AsRef<[u8]>, P: AsMut<[u8]>>(
+    shape: (usize, usize),
+    data: &[D],
+    parity: &mut [P],
+) -> Result<usize, FecError> {
+    let len = common_len(shape.0, data.iter().map(|s| s.as_ref().len()))?;
+    let parity_len = common_len(shape.1, parity.iter_mut().map(|s| s.as_mut().len()))?;
+    if parity_len == len {
+        Ok(len)
+    } else {
+        Err(FecError::ShardLength)
+    }
+}
+
+/// Checks a group passed to `reconstruct` of a `(data, parity)` code: shard and flag counts,
+/// one shard length, at least `data` shards present. Returns the shard length.
 fn check_group<S: AsRef<[u8]>>(
-    total: usize,
+    (data, parity): (usize, usize),
     shards: &[S],
     present: &[bool],
-) -> Result<(usize, usize), FecError> {
+) -> Result<usize, FecError> {
+    let total = data + parity;
     if present.len() != total {
         return Err(FecError::ShardCount {
             expected: total,
@@ -248,7 +264,14 @@ fn check_group<S: AsRef<[u8]>>(
         });
     }
     let len = common_len(total, shards.iter().map(|s| s.as_ref().len()))?;
-    Ok((len, present.iter().filter(|p| **p).count()))
+    let count = present.iter().filter(|p| **p).count();
+    if count < data {
+        return Err(FecError::TooFewShards {
+            present: count,
+            needed: data,
+        });
+    }
+    Ok(len)
 }
 
 /// `(&shards[input], &mut shards[output])` for two distinct indices, both in bounds.
