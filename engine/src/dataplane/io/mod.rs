@@ -128,8 +128,8 @@ impl Io {
         Ok(match kind {
             BackendKind::IoUring => {
                 let uring = uring::Uring::new()?;
-                let udp_bufs = uring.buf_ring(0, UDP_BUFFERS, udp_size)?;
-                let tcp_bufs = uring.buf_ring(1, TCP_BUFFERS, TCP_BUFFER_SIZE)?;
+                let udp_bufs = uring.buf_ring(uring::UDP_GROUP, UDP_BUFFERS, udp_size)?;
+                let tcp_bufs = uring.buf_ring(uring::TCP_GROUP, TCP_BUFFERS, TCP_BUFFER_SIZE)?;
                 Self {
                     backend: Backend::Uring(Box::new(uring)),
                     udp_bufs,

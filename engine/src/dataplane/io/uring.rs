@@ -14,8 +14,10 @@ use crate::dataplane::{sockaddr, udp};
 /// Submission queue size. Completions are reaped every loop iteration, and the completion
 /// queue is four times this, so bursts of multishot completions do not overflow it.
 const RING_ENTRIES: u32 = 1024;
-/// Buffer group of the UDP receive ring (the TCP ring is group 1).
-const UDP_GROUP: u16 = 0;
+/// Buffer group of the UDP receive ring.
+pub(super) const UDP_GROUP: u16 = 0;
+/// Buffer group of the TCP receive ring.
+pub(super) const TCP_GROUP: u16 = 1;
 
 /// Room reserved in each receive buffer for the sender's address.
 const NAME_LEN: usize = mem::size_of::<libc::sockaddr_storage>();
@@ -98,9 +100,9 @@ impl Uring {
                 .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
                 .build(),
             IoOp::TcpRecv { fd } => {
-                // The TCP ring is group 1 with TCP_BUFFER_SIZE buffers (see `Io::new`).
+                // The TCP ring holds TCP_BUFFER_SIZE buffers (see `Io::new`).
                 opcode::Recv::new(Fd(fd), std::ptr::null_mut(), super::TCP_BUFFER_SIZE as u32)
-                    .buf_group(1)
+                    .buf_group(TCP_GROUP)
                     .build()
                     .flags(squeue::Flags::BUFFER_SELECT)
             }
