@@ -72,6 +72,92 @@ pub struct SessionConfig {
     pub rekey: RekeyLimits,
     /// At most this many datagrams handed out by one `poll_transmit` (one GSO send).
     pub max_segments: usize,
+    /// Forward error correction. Both ends must use the same settings (checked in the handshake).
+    pub fec: FecConfig,
+}
+
+/// How a session adds Reed-Solomon parity to what it sends (see [`crate::session`], "FEC").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FecMode {
+    /// No parity; nothing is kept for recovery.
+    Off,
+    /// Every group of `data` packets gets `parity` parity packets, whatever the traffic.
+    Fixed { data: u8, parity: u8 },
+    /// Groups of at most `data` packets; the parity count follows the loss the receiver reports
+    /// and the traffic: none while the sender has a backlog (bulk transfer, where retransmission
+    /// is cheaper), more for small groups of interactive traffic.
+    Adaptive { data: u8 },
+}
+
+/// FEC settings of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FecConfig {
+    pub mode: FecMode,
+    /// Interleaving depth: packet number n belongs to group lane n mod `interleave`, so a burst
+    /// of up to `interleave` consecutive losses costs each group one packet. 1 = no interleaving.
+    pub interleave: u8,
+}
+
+impl FecConfig {
+    /// Most data packets in one group.
+    pub const MAX_DATA: u8 = 64;
+    /// Most parity packets of one group.
+    pub const MAX_PARITY: u8 = 32;
+    /// Deepest interleaving.
+    pub const MAX_INTERLEAVE: u8 = 8;
+    /// Group size of `adaptive` unless configured.
+    pub const DEFAULT_ADAPTIVE_DATA: u8 = 10;
+
+    pub const OFF: FecConfig = FecConfig {
+        mode: FecMode::Off,
+        interleave: 1,
+    };
+
+    pub const ADAPTIVE: FecConfig = FecConfig {
+        mode: FecMode::Adaptive {
+            data: Self::DEFAULT_ADAPTIVE_DATA,
+        },
+        interleave: 1,
+    };
+
+    pub fn is_on(&self) -> bool {
+        self.mode != FecMode::Off
+    }
+
+    /// Whether the settings are within the limits above (data >= 1, interleave >= 1).
+    pub fn validate(&self) -> Result<(), String> {
+        let data = match self.mode {
+            FecMode::Off => return Ok(()),
+            FecMode::Fixed { data, parity } => {
+                if parity == 0 || parity > Self::MAX_PARITY {
+                    return Err(format!("parity must be 1..={}", Self::MAX_PARITY));
+                }
+                data
+            }
+            FecMode::Adaptive { data } => data,
+        };
+        if data == 0 || data > Self::MAX_DATA {
+            return Err(format!("data must be 1..={}", Self::MAX_DATA));
+        }
+        if self.interleave == 0 || self.interleave > Self::MAX_INTERLEAVE {
+            return Err(format!("interleave must be 1..={}", Self::MAX_INTERLEAVE));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for FecConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.mode {
+            FecMode::Off => return f.write_str("off"),
+            FecMode::Fixed { data, parity } => write!(f, "fixed {data}+{parity}")?,
+            FecMode::Adaptive { data } => write!(f, "adaptive (groups of up to {data})")?,
+        }
+        if self.interleave > 1 {
+            write!(f, ", interleave {}", self.interleave)?;
+        }
+        Ok(())
+    }
 }
 
 impl SessionConfig {
@@ -93,7 +179,17 @@ impl SessionConfig {
     /// Stream payload bytes a full-size packet can carry at most (used by benches and tests to
     /// compute the link's ceiling).
     pub fn max_payload(&self) -> usize {
-        self.mtu - crate::wire::Header::DATA_LEN - crate::crypto::TAG_LEN
+        self.packet_limit() - crate::wire::Header::DATA_LEN - crate::crypto::TAG_LEN
+    }
+
+    /// Largest data packet: the MTU, less room for the parity header when FEC is on (a parity
+    /// packet carries a shard as long as the longest packet of its group, plus its header).
+    pub fn packet_limit(&self) -> usize {
+        if self.fec.is_on() {
+            self.mtu - crate::wire::ParityHeader::OVERHEAD
+        } else {
+            self.mtu
+        }
     }
 }
 
@@ -129,6 +225,7 @@ impl Default for SessionConfig {
             handshake_timeout: Duration::from_secs(10),
             rekey: RekeyLimits::default(),
             max_segments: 16,
+            fec: FecConfig::OFF,
         }
     }
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::config::SessionConfig;
+use crate::config::{FecConfig, SessionConfig};
 use crate::crypto::{Initiator, Psk, ResetKey, SessionKeys, respond};
 use crate::session::{CloseReason, Session, SessionEvent, SessionParams, Transmit};
 use crate::wire::{
@@ -100,6 +100,8 @@ pub struct EndpointStats {
     pub resets_received: u64,
     /// Resets that matched no session (unknown id, wrong sender address) or had a wrong token.
     pub resets_invalid: u64,
+    /// Handshakes refused because the two ends' FEC settings differ.
+    pub fec_mismatches: u64,
 }
 
 /// A peer that just got a reset for an id gets no second one for it this soon: the rest of a
@@ -109,21 +111,34 @@ const RESET_REPEAT_INTERVAL: Duration = Duration::from_millis(250);
 const RECENT_RESETS: usize = 64;
 
 /// The payload carried inside our Noise messages.
-fn encode_params(id: SessionId, name: Option<&str>) -> Vec<u8> {
+fn encode_params(id: SessionId, name: Option<&str>, fec: FecConfig) -> Vec<u8> {
     let params = HandshakeParams {
         session_id: id,
         name,
+        fec,
     };
     let mut out = Vec::with_capacity(params.encoded_len());
-    // Cannot fail: ids are never NONE and the name was cut to size in `Endpoint::new`.
+    // Cannot fail: ids are never NONE, the name was cut to size in `Endpoint::new` and the FEC
+    // settings were checked there.
     let _ = params.encode(&mut out);
     out
 }
 
-/// The peer's session id and name, or None if its parameters are unusable.
-fn decode_params(payload: &[u8]) -> Option<(SessionId, Option<String>)> {
+/// What the peer told us about itself in the handshake.
+struct PeerParams {
+    id: SessionId,
+    name: Option<String>,
+    fec: FecConfig,
+}
+
+/// The peer's parameters, or None if they are unusable.
+fn decode_params(payload: &[u8]) -> Option<PeerParams> {
     let p = HandshakeParams::decode(payload).ok()?;
-    Some((p.session_id, p.name.map(str::to_owned)))
+    Some(PeerParams {
+        id: p.session_id,
+        name: p.name.map(str::to_owned),
+        fec: p.fec,
+    })
 }
 
 /// `name` cut to at most [`MAX_NODE_NAME_LEN`] bytes at a character boundary.
@@ -193,6 +208,11 @@ impl Endpoint {
     /// OS randomness, tests a fixed value.
     pub fn new(mut config: EndpointConfig, seed: [u8; 32]) -> Self {
         config.name = config.name.map(truncate_name);
+        if config.session.fec.validate().is_err() {
+            // The config layer rejects these with a message; a library caller gets no FEC
+            // rather than a session that cannot be negotiated.
+            config.session.fec = FecConfig::OFF;
+        }
         Self {
             reset_key: ResetKey::new(&config.psk),
             config,
@@ -271,7 +291,7 @@ impl Endpoint {
     fn start_dial(&mut self, id: SessionId, dial: &mut Dial) {
         let seed = self.seed();
         let mut msg = Vec::with_capacity(128);
-        let params = encode_params(id, self.config.name.as_deref());
+        let params = encode_params(id, self.config.name.as_deref(), self.config.session.fec);
         match Initiator::start(&self.config.psk, seed, &params, &mut msg) {
             Ok(initiator) => {
                 let hint = SessionId(self.config.steering_hint);
@@ -296,6 +316,11 @@ impl Endpoint {
                     self.stats.unknown_session += 1;
                     self.send_reset(now, from, header.session_id, datagram.len());
                 }
+            },
+            PacketType::Parity => match self.sessions.get_mut(&header.session_id) {
+                Some(session) => session.handle_parity(now, from, datagram),
+                // No reset: parity is only ever sent alongside data packets, which get one.
+                None => self.stats.unknown_session += 1,
             },
             PacketType::StatelessReset => self.handle_reset(from, datagram),
             PacketType::HandshakeInit => {
@@ -333,16 +358,37 @@ impl Endpoint {
         let seed = self.seed();
         let mut msg2 = Vec::with_capacity(128);
         let mut remote = None;
-        let params = encode_params(local, self.config.name.as_deref());
+        let params = encode_params(
+            local,
+            self.config.name.as_deref(),
+            self.config.session.fec,
+        );
         let result = respond(&self.config.psk, seed, msg1, &mut msg2, |payload| {
             remote = decode_params(payload);
             params
         });
-        let (Ok((_, keys)), Some((remote_id, peer_name))) = (result, remote) else {
+        let (Ok((_, keys)), Some(peer)) = (result, remote) else {
             self.stats.handshake_failures += 1;
             return;
         };
-        self.add_session(now, Side::Server, local, remote_id, from, keys, peer_name);
+        if peer.fec != self.config.session.fec {
+            // Answered all the same (without a session): our settings in message 2 let the
+            // dialler report the mismatch instead of retrying until its handshake times out.
+            self.stats.fec_mismatches += 1;
+            self.events.push_back(Event {
+                session: SessionId::NONE,
+                kind: SessionEvent::Closed(CloseReason::FecMismatch {
+                    ours: self.config.session.fec,
+                    theirs: peer.fec,
+                    peer: peer.name,
+                }),
+            });
+            let packet = handshake_packet(PacketType::HandshakeResponse, peer.id, &msg2);
+            self.outgoing.push_back((from, packet));
+            return;
+        }
+        let remote_id = peer.id;
+        self.add_session(now, Side::Server, local, remote_id, from, keys, peer.name);
         self.stats.handshakes_accepted += 1;
         let packet = handshake_packet(PacketType::HandshakeResponse, remote_id, &msg2);
         self.outgoing.push_back((from, packet.clone()));
@@ -371,7 +417,7 @@ impl Endpoint {
             self.stats.handshake_failures += 1;
             return;
         };
-        let Some((remote_id, peer_name)) = decode_params(&payload) else {
+        let Some(peer) = decode_params(&payload) else {
             self.stats.handshake_failures += 1;
             self.dials.remove(&id);
             self.events.push_back(Event {
@@ -381,7 +427,19 @@ impl Endpoint {
             return;
         };
         self.dials.remove(&id);
-        self.add_session(now, Side::Client, id, remote_id, from, keys, peer_name);
+        if peer.fec != self.config.session.fec {
+            self.stats.fec_mismatches += 1;
+            self.events.push_back(Event {
+                session: id,
+                kind: SessionEvent::Closed(CloseReason::FecMismatch {
+                    ours: self.config.session.fec,
+                    theirs: peer.fec,
+                    peer: peer.name,
+                }),
+            });
+            return;
+        }
+        self.add_session(now, Side::Client, id, peer.id, from, keys, peer.name);
         self.stats.handshakes_completed += 1;
     }
 

@@ -19,6 +19,6 @@ pub mod mux;
 pub mod session;
 pub mod wire;
 
-pub use config::{Profile, SessionConfig};
+pub use config::{FecConfig, FecMode, Profile, SessionConfig};
 pub use endpoint::{Endpoint, EndpointConfig, EndpointStats, Event};
 pub use session::{CloseReason, Session, SessionEvent, SessionStats, Transmit};

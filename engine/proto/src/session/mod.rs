@@ -71,6 +71,14 @@ pub enum CloseReason {
     /// The peer answered with a valid stateless reset: it no longer knows the session (it
     /// restarted, or dropped the session). Nothing is sent; dial again.
     PeerReset,
+    /// The handshake authenticated, but the two ends' FEC settings differ, so no session was
+    /// made (on the accepting side the event's session id is [`SessionId::NONE`]). `peer` is the
+    /// peer's node name, if it sent one.
+    FecMismatch {
+        ours: crate::config::FecConfig,
+        theirs: crate::config::FecConfig,
+        peer: Option<String>,
+    },
     /// Ack-eliciting packets went unanswered for [`SessionConfig::path_timeout`]: the path (or
     /// the peer) is gone. Nothing is sent; dial again.
     PathDead,
@@ -412,6 +420,11 @@ impl Session {
         // A sign of life: the path-dead clock restarts now if something is still waiting for
         // an answer, else with the next ack-eliciting packet.
         self.unanswered_since = (self.sent.ack_eliciting_in_flight > 0).then_some(now);
+    }
+
+    /// Handles a parity packet (type 5) addressed to this session.
+    pub(crate) fn handle_parity(&mut self, _now: Instant, _from: SocketAddr, _packet: &[u8]) {
+        self.stats.fec_parity_received += 1;
     }
 
     fn handle_frame(&mut self, now: Instant, frame: Frame<'_>) {

@@ -33,4 +33,18 @@ pub struct SessionStats {
     pub bytes_in_flight: u64,
     pub loss_rate: f64,
     pub streams_open: u64,
+    /// FEC groups closed with parity sent for them.
+    pub fec_groups_sent: u64,
+    /// Parity packets sent.
+    pub fec_parity_sent: u64,
+    /// Parity packets received (duplicates and late ones included).
+    pub fec_parity_received: u64,
+    /// Data packets rebuilt from parity (each then authenticated and handled like any packet).
+    pub fec_packets_recovered: u64,
+    /// Groups that lost more packets than they had parity for (retransmission repairs them).
+    pub fec_groups_unrecoverable: u64,
+    /// Parity packets per data packet of the last group closed (the adaptive ratio).
+    pub fec_ratio: f64,
+    /// The raw packet loss (before FEC) the peer reports seeing from us.
+    pub fec_peer_loss: f64,
 }

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Packet types (the low nibble of byte 0): 1 handshake init, 2 handshake response, 3 data,
-//! 4 stateless reset; 0 and 5..=15 are unassigned and rejected.
+//! 4 stateless reset, 5 FEC parity ([`ParityHeader`]); 0 and 6..=15 are unassigned and rejected.
 //!
 //! The whole header is the AEAD's associated data, so none of it can be altered in flight. The
 //! packet number is truncated on the wire and rebuilt from the largest one received
@@ -33,6 +33,10 @@ pub enum PacketType {
     /// "I do not know this session": the answer to a data packet for an unknown session id,
     /// authenticated by a token only holders of the pre-shared key can compute.
     StatelessReset = 4,
+    /// A Reed-Solomon parity shard over a group of the sender's sealed data packets (see
+    /// [`ParityHeader`]). Not sealed itself: what it recovers is a sealed data packet, which must
+    /// still authenticate.
+    Parity = 5,
 }
 
 impl PacketType {
@@ -42,6 +46,7 @@ impl PacketType {
             2 => Self::HandshakeResponse,
             3 => Self::Data,
             4 => Self::StatelessReset,
+            5 => Self::Parity,
             other => return Err(WireError::PacketType(other)),
         })
     }
@@ -127,6 +132,79 @@ impl Header {
             w.u32(self.truncated_pn)?;
         }
         Ok(())
+    }
+}
+
+/// The header of a parity packet (type 5); the shard follows it to the end of the datagram.
+///
+/// ```text
+/// byte 0:   version (3 bits) | 0 | type 5
+/// 1..5:     receiver's session id
+/// 5..9:     the low 32 bits of the group's first packet number
+/// 9:        interleaving stride d (1..=8): the group is packets first, first + d, first + 2d, ...
+/// 10:       data packets in the group, k (1..=64)
+/// 11:       parity packets of the group, m (1..=32)
+/// 12:       this shard's index among the parity shards (0..m)
+/// 13..:     the shard: as long as the group's longest packet plus a 2-byte length prefix
+/// ```
+///
+/// The header is not authenticated. A forged or damaged parity shard can only make recovery
+/// produce a packet that fails the AEAD, which is dropped and counted like any forgery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParityHeader {
+    pub session_id: SessionId,
+    pub first_pn: u32,
+    pub stride: u8,
+    pub data: u8,
+    pub parity: u8,
+    pub index: u8,
+}
+
+impl ParityHeader {
+    pub const LEN: usize = 13;
+    /// How much longer a parity packet is than the longest packet of its group.
+    pub const OVERHEAD: usize = Self::LEN + crate::fec::LEN_PREFIX;
+
+    /// Parses a parity packet into its header and shard. Rejects out-of-range fields, so a
+    /// receiver never sizes anything from garbage.
+    pub fn parse(packet: &[u8]) -> Result<(Self, &[u8]), WireError> {
+        let (header, _) = Header::parse(packet)?;
+        if header.ty != PacketType::Parity {
+            return Err(WireError::PacketType(header.ty as u8));
+        }
+        let mut r = Reader::new(packet.get(Header::HANDSHAKE_LEN..).ok_or(WireError::Truncated)?);
+        let h = Self {
+            session_id: header.session_id,
+            first_pn: r.u32()?,
+            stride: r.u8()?,
+            data: r.u8()?,
+            parity: r.u8()?,
+            index: r.u8()?,
+        };
+        let shard = packet.get(Self::LEN..).ok_or(WireError::Truncated)?;
+        if h.stride == 0
+            || h.stride > crate::config::FecConfig::MAX_INTERLEAVE
+            || h.data == 0
+            || h.data > crate::config::FecConfig::MAX_DATA
+            || h.parity == 0
+            || h.parity > crate::config::FecConfig::MAX_PARITY
+            || h.index >= h.parity
+            || shard.len() < crate::fec::LEN_PREFIX
+        {
+            return Err(WireError::Malformed);
+        }
+        Ok((h, shard))
+    }
+
+    pub fn emit(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.atomic(|w| {
+            Header::handshake(PacketType::Parity, self.session_id).emit(w)?;
+            w.u32(self.first_pn)?;
+            w.u8(self.stride)?;
+            w.u8(self.data)?;
+            w.u8(self.parity)?;
+            w.u8(self.index)
+        })
     }
 }
 
@@ -221,6 +299,10 @@ mod tests {
             Err(WireError::Version(2))
         ));
         assert!(matches!(
+            Header::parse(&[0x26, 0, 0, 0, 0]),
+            Err(WireError::PacketType(6))
+        ));
+        assert!(matches!(
             Header::parse(&[0x2f, 0, 0, 0, 0]),
             Err(WireError::PacketType(0xf))
         ));
@@ -270,6 +352,45 @@ mod tests {
         let mut w = Writer::new(&mut small);
         assert_eq!(reset.emit(&mut w), Err(WireError::BufferTooSmall));
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn parity_header_round_trips_and_rejects_bad_shapes() {
+        let h = ParityHeader {
+            session_id: SessionId::new(2, 9),
+            first_pn: 0xdead_beef,
+            stride: 3,
+            data: 10,
+            parity: 3,
+            index: 2,
+        };
+        let mut buf = [0u8; 32];
+        let mut w = Writer::new(&mut buf);
+        h.emit(&mut w).unwrap();
+        assert_eq!(w.len(), ParityHeader::LEN);
+        assert_eq!(buf[0] & 0x0f, 5);
+        assert_eq!(buf[Header::SESSION_ID_OFFSET], 2, "steered like data");
+        let (parsed, shard) = ParityHeader::parse(&buf[..ParityHeader::LEN + 4]).unwrap();
+        assert_eq!(parsed, h);
+        assert_eq!(shard.len(), 4);
+        assert_eq!(
+            ParityHeader::parse(&buf[..ParityHeader::LEN + 1]),
+            Err(WireError::Malformed),
+            "a shard shorter than its length prefix"
+        );
+        assert_eq!(
+            ParityHeader::parse(&buf[..ParityHeader::LEN - 1]),
+            Err(WireError::Truncated)
+        );
+        for (at, bad) in [(9, 0), (9, 9), (10, 0), (10, 65), (11, 0), (11, 33), (12, 3)] {
+            let mut b = buf;
+            b[at] = bad;
+            assert_eq!(
+                ParityHeader::parse(&b[..ParityHeader::LEN + 4]),
+                Err(WireError::Malformed),
+                "byte {at} = {bad}"
+            );
+        }
     }
 
     #[test]

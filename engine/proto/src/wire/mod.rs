@@ -14,7 +14,9 @@ mod params;
 
 pub use codec::{Reader, VARINT_MAX, Writer, varint_len};
 pub use frame::{AckFrame, AckRanges, Frame, FrameIter, StreamFrameHeader, WindowTarget};
-pub use header::{Header, PacketType, RESET_TOKEN_LEN, StatelessReset, decode_packet_number};
+pub use header::{
+    Header, PacketType, ParityHeader, RESET_TOKEN_LEN, StatelessReset, decode_packet_number,
+};
 pub use params::{HandshakeParams, MAX_NODE_NAME_LEN};
 
 /// The protocol version this build speaks. Bumped on any incompatible wire change.

@@ -9,6 +9,9 @@
 //! Parameter types:
 //!
 //! * 1, node name: UTF-8, at most [`MAX_NODE_NAME_LEN`] bytes.
+//! * 2, FEC settings, 4 bytes: mode (0 off, 1 fixed, 2 adaptive), data, parity (0 unless
+//!   fixed), interleave. Sent only when FEC is on; absent means off. Values outside
+//!   [`FecConfig::validate`] make the payload invalid.
 //!
 //! Unknown types are skipped, so later versions can add parameters (FEC negotiation, say)
 //! without breaking older peers; the first release read only the session id and ignored the
@@ -16,12 +19,40 @@
 //! parameter cut short makes the whole payload invalid: the handshake then fails.
 
 use super::{Reader, SessionId, WireError, Writer, varint_len};
+use crate::config::{FecConfig, FecMode};
 
 /// Longest node name a handshake may carry, in bytes.
 pub const MAX_NODE_NAME_LEN: usize = 64;
 
 /// Parameter type of the node name.
 const PARAM_NAME: u64 = 1;
+/// Parameter type of the FEC settings.
+const PARAM_FEC: u64 = 2;
+/// Encoded length of the FEC parameter (type, length, four bytes).
+const FEC_PARAM_LEN: usize = 1 + 1 + 4;
+
+fn encode_fec(fec: &FecConfig) -> [u8; 4] {
+    match fec.mode {
+        FecMode::Off => [0, 0, 0, 1],
+        FecMode::Fixed { data, parity } => [1, data, parity, fec.interleave],
+        FecMode::Adaptive { data } => [2, data, 0, fec.interleave],
+    }
+}
+
+fn decode_fec(v: &[u8]) -> Result<FecConfig, WireError> {
+    let &[mode, data, parity, interleave] = v else {
+        return Err(WireError::Malformed);
+    };
+    let mode = match (mode, parity) {
+        (0, _) => FecMode::Off,
+        (1, _) => FecMode::Fixed { data, parity },
+        (2, 0) => FecMode::Adaptive { data },
+        _ => return Err(WireError::Malformed),
+    };
+    let fec = FecConfig { mode, interleave };
+    fec.validate().map_err(|_| WireError::Malformed)?;
+    Ok(fec)
+}
 
 /// What one side tells the other about itself during the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +61,8 @@ pub struct HandshakeParams<'a> {
     pub session_id: SessionId,
     /// The sender's node name, if it has one.
     pub name: Option<&'a str>,
+    /// The sender's FEC settings ([`FecConfig::OFF`] when it sent none).
+    pub fec: FecConfig,
 }
 
 impl<'a> HandshakeParams<'a> {
@@ -42,13 +75,21 @@ impl<'a> HandshakeParams<'a> {
         if self.name.is_some_and(|n| n.len() > MAX_NODE_NAME_LEN) {
             return Err(WireError::Malformed);
         }
-        let mut buf = [0u8; 4 + 2 + 1 + MAX_NODE_NAME_LEN];
+        if self.fec.validate().is_err() {
+            return Err(WireError::Malformed);
+        }
+        let mut buf = [0u8; 4 + 2 + 1 + MAX_NODE_NAME_LEN + FEC_PARAM_LEN];
         let mut w = Writer::new(&mut buf);
         w.u32(self.session_id.0)?;
         if let Some(name) = self.name {
             w.varint(PARAM_NAME)?;
             w.varint(name.len() as u64)?;
             w.bytes(name.as_bytes())?;
+        }
+        if self.fec.is_on() {
+            w.varint(PARAM_FEC)?;
+            w.varint(4)?;
+            w.bytes(&encode_fec(&self.fec))?;
         }
         out.extend_from_slice(w.written());
         Ok(())
@@ -58,7 +99,7 @@ impl<'a> HandshakeParams<'a> {
     pub fn encoded_len(&self) -> usize {
         4 + self.name.map_or(0, |n| {
             varint_len(PARAM_NAME) + varint_len(n.len() as u64) + n.len()
-        })
+        }) + if self.fec.is_on() { FEC_PARAM_LEN } else { 0 }
     }
 
     /// Parses a peer's parameters. Never panics; see the module documentation for what is
@@ -70,6 +111,7 @@ impl<'a> HandshakeParams<'a> {
             return Err(WireError::Malformed);
         }
         let mut name = None;
+        let mut fec = None;
         while !r.is_empty() {
             let ty = r.varint()?;
             let len = usize::try_from(r.varint()?).map_err(|_| WireError::Truncated)?;
@@ -79,9 +121,18 @@ impl<'a> HandshakeParams<'a> {
                     return Err(WireError::Malformed);
                 }
                 name = Some(std::str::from_utf8(value).map_err(|_| WireError::Malformed)?);
+            } else if ty == PARAM_FEC {
+                if fec.is_some() {
+                    return Err(WireError::Malformed);
+                }
+                fec = Some(decode_fec(value)?);
             }
         }
-        Ok(Self { session_id, name })
+        Ok(Self {
+            session_id,
+            name,
+            fec: fec.unwrap_or(FecConfig::OFF),
+        })
     }
 }
 
@@ -104,6 +155,7 @@ mod tests {
         let p = HandshakeParams {
             session_id: SessionId(0x0102_0304),
             name: None,
+            fec: FecConfig::OFF,
         };
         assert_eq!(encode(&p), [1, 2, 3, 4]);
         assert_eq!(HandshakeParams::decode(&[1, 2, 3, 4]), Ok(p));
@@ -114,6 +166,7 @@ mod tests {
         let p = HandshakeParams {
             session_id: SessionId(7),
             name: Some("edge-1.fra"),
+            fec: FecConfig::OFF,
         };
         let mut bytes = encode(&p);
         assert_eq!(HandshakeParams::decode(&bytes), Ok(p));
@@ -129,6 +182,7 @@ mod tests {
         let empty = HandshakeParams {
             session_id: SessionId(7),
             name: Some(""),
+            fec: FecConfig::OFF,
         };
         assert_eq!(HandshakeParams::decode(&encode(&empty)), Ok(empty));
     }
@@ -139,12 +193,14 @@ mod tests {
         let ok = HandshakeParams {
             session_id: SessionId(7),
             name: Some(&max),
+            fec: FecConfig::OFF,
         };
         assert_eq!(HandshakeParams::decode(&encode(&ok)), Ok(ok));
         let long = "x".repeat(MAX_NODE_NAME_LEN + 1);
         let too_long = HandshakeParams {
             session_id: SessionId(7),
             name: Some(&long),
+            fec: FecConfig::OFF,
         };
         let mut out = Vec::new();
         assert_eq!(too_long.encode(&mut out), Err(WireError::Malformed));
@@ -185,8 +241,58 @@ mod tests {
         let null = HandshakeParams {
             session_id: SessionId::NONE,
             name: None,
+            fec: FecConfig::OFF,
         };
         assert_eq!(null.encode(&mut out), Err(WireError::Malformed));
+    }
+
+    #[test]
+    fn fec_settings_round_trip_and_bad_ones_are_rejected() {
+        for fec in [
+            FecConfig::ADAPTIVE,
+            FecConfig {
+                mode: FecMode::Fixed { data: 10, parity: 3 },
+                interleave: 4,
+            },
+            FecConfig {
+                mode: FecMode::Adaptive { data: 64 },
+                interleave: 8,
+            },
+        ] {
+            let p = HandshakeParams {
+                session_id: SessionId(7),
+                name: Some("a"),
+                fec,
+            };
+            assert_eq!(HandshakeParams::decode(&encode(&p)), Ok(p));
+        }
+        // Off is not sent at all, so older peers see what they always saw.
+        assert_eq!(
+            HandshakeParams::decode(&[0, 0, 0, 7]).unwrap().fec,
+            FecConfig::OFF
+        );
+        for bad in [
+            [1, 10, 0, 1],  // fixed without parity
+            [1, 0, 3, 1],   // no data
+            [2, 65, 0, 1],  // too large a group
+            [2, 10, 0, 0],  // no interleave
+            [2, 10, 0, 9],  // too deep
+            [2, 10, 1, 1],  // adaptive with a parity count
+            [3, 10, 0, 1],  // unknown mode
+        ] {
+            let mut bytes = vec![0, 0, 0, 7, 2, 4];
+            bytes.extend_from_slice(&bad);
+            assert_eq!(
+                HandshakeParams::decode(&bytes),
+                Err(WireError::Malformed),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            HandshakeParams::decode(&[0, 0, 0, 7, 2, 3, 2, 10, 0]),
+            Err(WireError::Malformed),
+            "short value"
+        );
     }
 
     proptest! {
@@ -201,7 +307,7 @@ mod tests {
         #[test]
         fn any_valid_name_round_trips(id in 1u32.., name in "\\PC{0,16}") {
             prop_assume!(name.len() <= MAX_NODE_NAME_LEN);
-            let p = HandshakeParams { session_id: SessionId(id), name: Some(&name) };
+            let p = HandshakeParams { session_id: SessionId(id), name: Some(&name), fec: FecConfig::OFF };
             let bytes = encode(&p);
             prop_assert_eq!(HandshakeParams::decode(&bytes), Ok(p));
         }
