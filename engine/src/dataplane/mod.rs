@@ -304,6 +304,7 @@ fn endpoint_config(config: &Config) -> EndpointConfig {
     if let Some(max) = t.max_rtt {
         session.rtt.max_rtt = max;
     }
+    session.fec = t.fec;
     if !config.io.gso {
         // One datagram per send: what the dataplane does without UDP GSO.
         session.max_segments = 1;

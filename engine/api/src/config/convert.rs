@@ -13,14 +13,16 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use engine_proto::config::Profile;
+use engine_proto::config::{FecConfig, FecMode, Profile};
 use engine_proto::crypto::{Psk, PskError};
 use serde::Deserialize;
 use serde_path_to_error::{Segment, Track};
 use serde_saphyr::{MessageFormatter, UserMessageFormatter};
 
 use super::error::{ConfigError, Position};
-use super::raw::{self, RawAllow, RawConfig, RawCpus, RawIo, RawMap, RawPeer, S};
+use super::raw::{
+    self, RawAllow, RawConfig, RawCpus, RawFec, RawFecTable, RawIo, RawMap, RawPeer, S,
+};
 use super::{
     Allow, Backend, Config, Control, DEFAULT_CONTROL_SOCKET, Io, Log, Map, MapId, Peer, Proto,
     Rate, Shards, Transport,
@@ -35,6 +37,18 @@ pub const MTU_RANGE: std::ops::RangeInclusive<usize> = 576..=65_000;
 pub const MAX_SHARDS: usize = 255;
 /// Highest CPU number `cpus` (and [`parse_cpulist`]) accepts.
 pub const MAX_CPU: usize = 4095;
+/// The FEC names `fec` (or `fec.mode`) accepts.
+const FEC_MODES: &str = "off, adaptive or fixed";
+
+/// `fec` when the config leaves it out: adaptive parity for the profiles meant for lossy links
+/// (`fast2`, `fast3`), none for the others.
+pub fn default_fec(profile: Profile) -> FecConfig {
+    match profile {
+        Profile::Normal | Profile::Fast => FecConfig::OFF,
+        Profile::Fast2 | Profile::Fast3 => FecConfig::ADAPTIVE,
+    }
+}
+
 /// Default for `log.level`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Longest peer or node name.
@@ -462,13 +476,136 @@ impl Converter<'_> {
                 ),
             ));
         }
+        let fec = match &raw.fec {
+            Some(fec) => self.fec(fec)?,
+            None => default_fec(profile),
+        };
         Ok(Transport {
             profile,
             rate,
             mtu,
             min_rtt,
             max_rtt,
+            fec,
         })
+    }
+
+    /// `fec:` as a mode name or a mapping; the numbers are range-checked by
+    /// [`FecConfig::validate`], so the config and the protocol agree on the limits.
+    fn fec(&self, value: &S<RawFec>) -> Result<FecConfig> {
+        let table = match &value.value {
+            RawFec::Mode(mode) => {
+                return match mode.trim() {
+                    "off" => Ok(FecConfig::OFF),
+                    "adaptive" => Ok(FecConfig::ADAPTIVE),
+                    "fixed" => Err(self.at(
+                        value,
+                        "fec",
+                        "a fixed mode needs its parity count: write it as a mapping, e.g. \
+                         `fec: {mode: fixed, data: 10, parity: 3}`",
+                    )),
+                    other => Err(self.at(
+                        value,
+                        "fec",
+                        format!("unknown FEC mode {other:?}, expected {FEC_MODES}"),
+                    )),
+                };
+            }
+            RawFec::Table(table) => table,
+            RawFec::List => {
+                return Err(self.at(
+                    value,
+                    "fec",
+                    format!(
+                        "expected a mode ({FEC_MODES}) or a mapping with mode, data, parity, \
+                         interleave, not a list"
+                    ),
+                ));
+            }
+        };
+        let RawFecTable {
+            mode,
+            data,
+            parity,
+            interleave,
+        } = &**table;
+        // Numbers beyond a byte fail the range check like any other out-of-range value.
+        let number = |value: &Option<S<u64>>, default: u8| {
+            value
+                .as_ref()
+                .map_or(default, |v| u8::try_from(v.value).unwrap_or(u8::MAX))
+        };
+        let data_count = number(data, FecConfig::DEFAULT_ADAPTIVE_DATA);
+        let fec_mode = match mode.value.trim() {
+            "off" => {
+                for (field, value) in [
+                    ("data", data),
+                    ("parity", parity),
+                    ("interleave", interleave),
+                ] {
+                    if let Some(value) = value {
+                        return Err(self.at(
+                            value,
+                            format!("fec.{field}"),
+                            "FEC is off: remove this field, or choose mode adaptive or fixed",
+                        ));
+                    }
+                }
+                return Ok(FecConfig::OFF);
+            }
+            "adaptive" => {
+                if let Some(parity) = parity {
+                    return Err(self.at(
+                        parity,
+                        "fec.parity",
+                        "only a fixed mode has a parity count (adaptive chooses its own)",
+                    ));
+                }
+                FecMode::Adaptive { data: data_count }
+            }
+            "fixed" => {
+                let Some(parity_value) = parity else {
+                    return Err(self.at(
+                        mode,
+                        "fec.parity",
+                        format!(
+                            "a fixed mode needs its parity count: add `parity:` (1..={})",
+                            FecConfig::MAX_PARITY
+                        ),
+                    ));
+                };
+                FecMode::Fixed {
+                    data: data_count,
+                    parity: u8::try_from(parity_value.value).unwrap_or(u8::MAX),
+                }
+            }
+            other => {
+                return Err(self.at(
+                    mode,
+                    "fec.mode",
+                    format!("unknown FEC mode {other:?}, expected {FEC_MODES}"),
+                ));
+            }
+        };
+        let config = FecConfig {
+            mode: fec_mode,
+            interleave: number(interleave, 1),
+        };
+        config.validate().map_err(|message| {
+            // The message starts with the field it is about ("parity must be 1..=32").
+            let (field, rest) = message.split_once(' ').unwrap_or(("", message.as_str()));
+            let spanned = match field {
+                "data" => data.as_ref(),
+                "parity" => parity.as_ref(),
+                "interleave" => interleave.as_ref(),
+                _ => None,
+            };
+            match spanned {
+                Some(spanned) => self.at(spanned, format!("fec.{field}"), rest),
+                None => self.at(mode, "fec", message.clone()),
+            }
+        })?;
+        Ok(config)
     }
 
     fn duration(&self, value: &S<String>, field: &str) -> Result<Duration> {
@@ -1097,6 +1234,7 @@ mod tests {
                 mtu: 1400,
                 min_rtt: None,
                 max_rtt: None,
+                fec: FecConfig::ADAPTIVE,
             }
         );
         assert_eq!(config.shards, Shards::Auto);
@@ -1586,6 +1724,187 @@ maps:
     }
 
     #[test]
+    fn fec_forms() {
+        let fixed = |data, parity, interleave| FecConfig {
+            mode: FecMode::Fixed { data, parity },
+            interleave,
+        };
+        let adaptive = |data, interleave| FecConfig {
+            mode: FecMode::Adaptive { data },
+            interleave,
+        };
+        for (text, fec) in [
+            (
+                "fec: off
+",
+                FecConfig::OFF,
+            ),
+            ("fec: \"off\"\n", FecConfig::OFF),
+            ("fec: adaptive\n", FecConfig::ADAPTIVE),
+            ("fec: {mode: off}\n", FecConfig::OFF),
+            ("fec:\n  mode: adaptive\n", adaptive(10, 1)),
+            (
+                "fec: {mode: adaptive, data: 20, interleave: 4}\n",
+                adaptive(20, 4),
+            ),
+            ("fec: {mode: fixed, parity: 3}\n", fixed(10, 3, 1)),
+            (
+                "fec:\n  mode: fixed\n  data: 8\n  parity: 3\n  interleave: 2\n",
+                fixed(8, 3, 2),
+            ),
+            (
+                "fec: {mode: fixed, data: 64, parity: 32, interleave: 8}\n",
+                fixed(64, 32, 8),
+            ),
+            ("fec: {mode: fixed, data: 1, parity: 1}\n", fixed(1, 1, 1)),
+        ] {
+            assert_eq!(ok(&with_key(text)).transport.fec, fec, "{text:?}");
+        }
+        // Null means unset: the profile's default.
+        assert_eq!(ok(&with_key("fec:\n")).transport.fec, FecConfig::ADAPTIVE);
+    }
+
+    #[test]
+    fn fec_defaults_follow_the_profile() {
+        for (profile, fec) in [
+            ("normal", FecConfig::OFF),
+            ("fast", FecConfig::OFF),
+            ("fast2", FecConfig::ADAPTIVE),
+            ("fast3", FecConfig::ADAPTIVE),
+        ] {
+            let config = ok(&with_key(&format!("profile: {profile}\n")));
+            assert_eq!(config.transport.fec, fec, "{profile}");
+            assert_eq!(default_fec(config.transport.profile), fec);
+        }
+        // A setting wins over the profile's default, either way.
+        let config = ok(&with_key("profile: normal\nfec: adaptive\n"));
+        assert_eq!(config.transport.fec, FecConfig::ADAPTIVE);
+        let config = ok(&with_key("profile: fast3\nfec: off\n"));
+        assert_eq!(config.transport.fec, FecConfig::OFF);
+    }
+
+    #[test]
+    fn bad_fec() {
+        fails(
+            &with_key("fec: on\n"),
+            2,
+            6,
+            "fec",
+            "unknown FEC mode \"on\", expected off, adaptive or fixed",
+        );
+        fails(&with_key("fec: 3\n"), 2, 6, "fec", "unknown FEC mode \"3\"");
+        fails(
+            &with_key("fec: fixed\n"),
+            2,
+            6,
+            "fec",
+            "needs its parity count",
+        );
+        fails(
+            &with_key("fec:\n  mode: turbo\n"),
+            3,
+            9,
+            "fec.mode",
+            "unknown FEC mode \"turbo\", expected off, adaptive or fixed",
+        );
+        fails(
+            &with_key("fec:\n  mode: fixed\n  data: 8\n"),
+            3,
+            9,
+            "fec.parity",
+            "a fixed mode needs its parity count: add `parity:` (1..=32)",
+        );
+        fails(
+            &with_key("fec:\n  mode: adaptive\n  parity: 3\n"),
+            4,
+            11,
+            "fec.parity",
+            "only a fixed mode has a parity count",
+        );
+        fails(
+            &with_key("fec: {mode: off, data: 4}\n"),
+            2,
+            24,
+            "fec.data",
+            "FEC is off",
+        );
+        for (text, column, field, message) in [
+            (
+                "fec: {mode: fixed, parity: 33}\n",
+                28,
+                "fec.parity",
+                "must be 1..=32",
+            ),
+            (
+                "fec: {mode: fixed, parity: 0}\n",
+                28,
+                "fec.parity",
+                "must be 1..=32",
+            ),
+            (
+                "fec: {mode: fixed, parity: 300}\n",
+                28,
+                "fec.parity",
+                "must be 1..=32",
+            ),
+            (
+                "fec: {mode: fixed, data: 65, parity: 1}\n",
+                26,
+                "fec.data",
+                "must be 1..=64",
+            ),
+            (
+                "fec: {mode: adaptive, data: 0}\n",
+                29,
+                "fec.data",
+                "must be 1..=64",
+            ),
+            (
+                "fec: {mode: adaptive, data: 99999999999}\n",
+                29,
+                "fec.data",
+                "must be 1..=64",
+            ),
+            (
+                "fec: {mode: adaptive, interleave: 9}\n",
+                35,
+                "fec.interleave",
+                "must be 1..=8",
+            ),
+            (
+                "fec: {mode: adaptive, interleave: 0}\n",
+                35,
+                "fec.interleave",
+                "must be 1..=8",
+            ),
+        ] {
+            fails(&with_key(text), 2, column, field, message);
+        }
+        fails(
+            &with_key("fec:\n  mode: fixed\n  parity: 2\n  groups: 4\n"),
+            5,
+            3,
+            "fec",
+            "unknown field \"groups\", expected one of: mode, data, parity, interleave",
+        );
+        fails(
+            &with_key("fec: {data: 4}\n"),
+            2,
+            7,
+            "fec",
+            "missing field \"mode\"",
+        );
+        fails(
+            &with_key("fec: {mode: fixed, parity: x}\n"),
+            2,
+            28,
+            "fec.parity",
+            "expected a whole number",
+        );
+        fails(&with_key("fec: [off]\n"), 2, 6, "fec", "not a list");
+    }
+
+    #[test]
     fn bad_profile() {
         fails(
             &with_key("profile: turbo\n"),
@@ -1948,7 +2267,8 @@ maps:
         fn yamlish_text_never_panics(
             lines in proptest::collection::vec(
                 "(key|listen|peers|maps|allow|rtt|  - id|    peer|    listen|name|rate|mtu|shards|\
-                 congestion|  min|log|  level|cpus|io|  backend|  gso|  steering)?: ?(\\[|\\]|\\{|\\}|-|:| |[a-z0-9.:]|\"|'|&a|\\*a|#){0,12}",
+                 congestion|  min|log|  level|cpus|io|  backend|  gso|  steering|  mode|  data|\
+                 fec|  parity|  interleave)?: ?(\\[|\\]|\\{|\\}|-|:| |[a-z0-9.:]|\"|'|&a|\\*a|#){0,12}",
                 0..12,
             )
         ) {

@@ -16,12 +16,12 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use engine_proto::config::Profile;
+use engine_proto::config::{FecConfig, FecMode, Profile};
 use engine_proto::crypto::Psk;
 
 pub use convert::{
     DEFAULT_LOG_LEVEL, DEFAULT_MTU, Environment, MAX_CPU, MAX_NAME_LEN, MAX_SHARDS, MTU_RANGE,
-    SystemEnvironment, check_log_filter,
+    SystemEnvironment, check_log_filter, default_fec,
 };
 pub use convert::{format_cpulist, parse_bits_per_sec, parse_cpulist, parse_duration};
 pub use error::{ConfigError, Position};
@@ -64,6 +64,9 @@ pub struct Transport {
     /// Clamp of the RTT used for timeouts (`rtt.min` / `rtt.max`); `None` keeps the profile's.
     pub min_rtt: Option<Duration>,
     pub max_rtt: Option<Duration>,
+    /// Forward error correction (`fec:`); both ends of a session must agree. Absent from the
+    /// file: [`default_fec`] of the profile.
+    pub fec: FecConfig,
 }
 
 /// Rate control: model-based with an optional cap, or a fixed rate (Liteflow's
@@ -259,6 +262,7 @@ impl Config {
                 None => writeln!(out, "  {name}: ~  # the profile's")?,
             }
         }
+        write_fec(out, transport.fec)?;
         match self.shards {
             Shards::Auto => writeln!(out, "shards: auto")?,
             Shards::Count(count) => writeln!(out, "shards: {count}")?,
@@ -314,6 +318,22 @@ impl Config {
         writeln!(out, "log:")?;
         writeln!(out, "  level: {}", quote(&self.log.level))
     }
+}
+
+/// `fec:` in the form it is read back: the mode alone when off, else every number spelled out.
+fn write_fec(out: &mut String, fec: FecConfig) -> fmt::Result {
+    let (mode, data, parity) = match fec.mode {
+        FecMode::Off => return writeln!(out, "fec: off"),
+        FecMode::Adaptive { data } => ("adaptive", data, None),
+        FecMode::Fixed { data, parity } => ("fixed", data, Some(parity)),
+    };
+    writeln!(out, "fec:")?;
+    writeln!(out, "  mode: {mode}")?;
+    writeln!(out, "  data: {data}")?;
+    if let Some(parity) = parity {
+        writeln!(out, "  parity: {parity}")?;
+    }
+    writeln!(out, "  interleave: {}", fec.interleave)
 }
 
 /// An address as YAML: IPv6 ones are quoted, as a plain `[` would start a list.
@@ -425,6 +445,11 @@ log:
 "
             ),
             format!("key: {KEY}\nrate: 8kbit\n"),
+            format!("key: {KEY}\nprofile: normal\n"),
+            format!("key: {KEY}\nprofile: normal\nfec: adaptive\n"),
+            format!("key: {KEY}\nfec: off\n"),
+            format!("key: {KEY}\nfec: {{mode: fixed, data: 8, parity: 3, interleave: 2}}\n"),
+            format!("key: {KEY}\nfec: {{mode: adaptive, data: 30, interleave: 8}}\n"),
             format!("key: {KEY}\ncpus: [3]\nio: {{backend: epoll}}\n"),
             format!("key: {KEY}\ncpus: [9, 1, 2, 1]\nio:\n  gso: false\n"),
         ] {
@@ -447,6 +472,7 @@ log:
             "congestion: bbr\n",
             "rate: ~",
             "mtu: 1400\n",
+            "fec:\n  mode: adaptive\n  data: 10\n  interleave: 1\n",
             "shards: auto\n",
             "cpus: ~",
             "io:\n  backend: auto\n  gso: true\n  steering: true\n",
@@ -457,6 +483,20 @@ log:
             "  level: \"info\"\n",
         ] {
             assert!(yaml.contains(line), "{line:?} missing from\n{yaml}");
+        }
+    }
+
+    #[test]
+    fn masked_yaml_shows_fec() {
+        for (text, shown) in [
+            ("profile: normal\n", "fec: off\n"),
+            (
+                "fec: {mode: fixed, data: 8, parity: 3}\n",
+                "fec:\n  mode: fixed\n  data: 8\n  parity: 3\n  interleave: 1\n",
+            ),
+        ] {
+            let yaml = parse(&format!("key: {KEY}\n{text}")).to_masked_yaml();
+            assert!(yaml.contains(shown), "{shown:?} missing from\n{yaml}");
         }
     }
 

@@ -10,7 +10,7 @@
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
 use super::error::Position;
@@ -40,6 +40,7 @@ pub(super) struct RawConfig {
     pub congestion: Option<S<String>>,
     pub mtu: Option<S<u64>>,
     pub rtt: Option<RawRtt>,
+    pub fec: Option<S<RawFec>>,
     pub shards: Option<S<String>>,
     pub cpus: Option<S<RawCpus>>,
     pub io: Option<RawIo>,
@@ -154,4 +155,71 @@ pub(super) struct RawIo {
     pub backend: Option<S<String>>,
     pub gso: Option<S<bool>>,
     pub steering: Option<S<bool>>,
+}
+
+/// `fec:` as written: a mode name alone (`fec: adaptive`), or a mapping with the mode and its
+/// numbers. Hand-written for the same reason as [`RawCpus`]: the mapping's fields keep their
+/// positions, and a scalar of any type becomes text that the converter checks.
+#[derive(Debug)]
+pub(super) enum RawFec {
+    Mode(String),
+    Table(Box<RawFecTable>),
+    /// A list: reported by the converter at the value's position.
+    List,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFecTable {
+    pub mode: S<String>,
+    pub data: Option<S<u64>>,
+    pub parity: Option<S<u64>>,
+    pub interleave: Option<S<u64>>,
+}
+
+impl<'de> Deserialize<'de> for RawFec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawFecVisitor)
+    }
+}
+
+struct RawFecVisitor;
+
+impl<'de> Visitor<'de> for RawFecVisitor {
+    type Value = RawFec;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("off, adaptive, or a mapping with mode, data, parity, interleave")
+    }
+
+    // YAML 1.1 reads a bare `off` as false; it means the mode all the same.
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<RawFec, E> {
+        Ok(RawFec::Mode(if value { "on" } else { "off" }.to_owned()))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<RawFec, E> {
+        Ok(RawFec::Mode(value.to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<RawFec, E> {
+        Ok(RawFec::Mode(value.to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<RawFec, E> {
+        Ok(RawFec::Mode(value.to_string()))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<RawFec, E> {
+        Ok(RawFec::Mode(value.to_owned()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawFec, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(RawFec::List)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawFec, A::Error> {
+        RawFecTable::deserialize(de::value::MapAccessDeserializer::new(map))
+            .map(|table| RawFec::Table(Box::new(table)))
+    }
 }
