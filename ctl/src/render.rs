@@ -56,10 +56,6 @@ fn stat_rows(stats: &Stats) -> Vec<(&'static str, String)> {
             "frames retransmitted",
             stats.frames_retransmitted.to_string(),
         ),
-        (
-            "frames recovered by FEC",
-            stats.frames_recovered_fec.to_string(),
-        ),
         ("packets rejected", stats.packets_rejected.to_string()),
         ("bytes retransmitted", bytes(stats.bytes_retransmitted)),
         ("send errors", stats.send_errors.to_string()),
@@ -78,6 +74,20 @@ fn stat_rows(stats: &Stats) -> Vec<(&'static str, String)> {
             "connections handed over",
             stats.connections_handed_over.to_string(),
         ),
+        ("FEC groups sent", stats.fec_groups_sent.to_string()),
+        ("FEC parity sent", stats.fec_parity_sent.to_string()),
+        ("FEC parity received", stats.fec_parity_received.to_string()),
+        (
+            "FEC packets recovered",
+            stats.fec_packets_recovered.to_string(),
+        ),
+        (
+            "FEC groups unrecoverable",
+            stats.fec_groups_unrecoverable.to_string(),
+        ),
+        ("FEC ratio (max)", format!("{:.2}", stats.fec_ratio)),
+        ("FEC peer loss (max)", percent(stats.fec_peer_loss)),
+        ("FEC mismatches", stats.fec_mismatches.to_string()),
     ]
 }
 
@@ -146,6 +156,16 @@ fn duration(secs: u64) -> String {
     }
 }
 
+/// A fraction as a percentage; anything that is not a fraction (NaN, negative) shows as 0.
+fn percent(fraction: f64) -> String {
+    let fraction = if fraction.is_finite() && fraction > 0.0 {
+        fraction
+    } else {
+        0.0
+    };
+    format!("{:.1}%", fraction * 100.0)
+}
+
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut value = n as f64;
@@ -171,6 +191,15 @@ mod tests {
         assert_eq!(duration(61), "1m01s");
         assert_eq!(duration(3_600 + 2 * 60 + 3), "1h02m03s");
         assert_eq!(duration(2 * 86_400 + 5 * 3_600 + 7 * 60 + 9), "2d05h07m");
+    }
+
+    #[test]
+    fn percents() {
+        assert_eq!(percent(0.0), "0.0%");
+        assert_eq!(percent(0.1), "10.0%");
+        assert_eq!(percent(1.0), "100.0%");
+        assert_eq!(percent(f64::NAN), "0.0%");
+        assert_eq!(percent(-1.0), "0.0%");
     }
 
     #[test]
@@ -206,12 +235,22 @@ mod tests {
             packets_sent: 300,
             bytes_sent: 3048,
             sessions: 2,
+            fec_parity_sent: 12,
+            fec_packets_recovered: 5,
+            fec_ratio: 0.3,
+            fec_peer_loss: 0.065,
+            fec_mismatches: 1,
             ..Stats::default()
         };
         let mut out = Vec::new();
         stats(&mut out, &new).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(row(&text, "packets sent"), ["300"], "{text}");
+        assert_eq!(row(&text, "FEC parity sent"), ["12"], "{text}");
+        assert_eq!(row(&text, "FEC packets recovered"), ["5"], "{text}");
+        assert_eq!(row(&text, "FEC ratio (max)"), ["0.30"], "{text}");
+        assert_eq!(row(&text, "FEC peer loss (max)"), ["6.5%"], "{text}");
+        assert_eq!(row(&text, "FEC mismatches"), ["1"], "{text}");
         assert_eq!(row(&text, "bytes sent"), ["3.0", "KiB"], "{text}");
         assert!(
             !text.contains("shard"),

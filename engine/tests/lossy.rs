@@ -76,7 +76,7 @@ fn sixteen_mib_arrive_intact_over_a_lossy_path() {
     );
     let stats = tunnel.client.stats();
     assert!(
-        stats.bytes_retransmitted + stats.frames_recovered_fec > 0,
+        stats.bytes_retransmitted + stats.fec_packets_recovered > 0,
         "the client repaired losses: {stats:#?}"
     );
 }

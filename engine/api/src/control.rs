@@ -148,7 +148,10 @@ pub struct Status {
 }
 
 /// Traffic counters, summed over all shards since the engine started.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Counters taken from sessions (`packets_lost`, the `fec_*` counts) cover the sessions alive
+/// when asked. The two FEC ratios are gauges, not sums: the largest over live sessions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Stats {
     /// Seconds since the engine started, so a client can compute rates.
@@ -167,8 +170,22 @@ pub struct Stats {
     pub frames_retransmitted: u64,
     /// Stream bytes sent again after a loss.
     pub bytes_retransmitted: u64,
-    /// Frames rebuilt from FEC parity instead of being retransmitted.
-    pub frames_recovered_fec: u64,
+    /// FEC groups closed and protected with parity.
+    pub fec_groups_sent: u64,
+    /// Parity packets sent.
+    pub fec_parity_sent: u64,
+    /// Parity packets received.
+    pub fec_parity_received: u64,
+    /// Lost data packets rebuilt from parity instead of waiting for a retransmission.
+    pub fec_packets_recovered: u64,
+    /// Received groups that lost more packets than their parity could rebuild.
+    pub fec_groups_unrecoverable: u64,
+    /// Parity packets per data packet in the last group sent (largest over live sessions).
+    pub fec_ratio: f64,
+    /// Loss (0 to 1) the peer reports seeing before FEC repair (largest over live sessions).
+    pub fec_peer_loss: f64,
+    /// Handshakes refused because the peer's `fec` settings differ from ours.
+    pub fec_mismatches: u64,
     /// Datagrams dropped because they failed authentication or replayed an old packet number.
     pub packets_rejected: u64,
     /// Established sessions with peers.
@@ -295,7 +312,10 @@ mod tests {
                 bytes_received: 4,
                 packets_lost: 5,
                 frames_retransmitted: 6,
-                frames_recovered_fec: 7,
+                fec_packets_recovered: 7,
+                fec_ratio: 0.3,
+                fec_peer_loss: 0.125,
+                fec_mismatches: 2,
                 packets_rejected: 8,
                 sessions: 9,
                 streams: 10,

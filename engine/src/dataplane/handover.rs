@@ -49,8 +49,14 @@ pub(crate) fn route(datagram: &[u8], me: usize, shards: usize, shared_socket: bo
         };
     }
     // Handshake inits may be accepted by any shard; anything malformed is the local
-    // endpoint's to count.
-    if ty != PacketType::Data as u8 && ty != PacketType::HandshakeResponse as u8 {
+    // endpoint's to count. Parity belongs to the session's FEC groups, so it goes where the
+    // session's data goes.
+    let steered = [
+        PacketType::Data,
+        PacketType::Parity,
+        PacketType::HandshakeResponse,
+    ];
+    if !steered.iter().any(|&steered| ty == steered as u8) {
         return Route::Local;
     }
     match datagram.get(Header::SESSION_ID_OFFSET) {
@@ -134,6 +140,22 @@ mod tests {
         );
         let response = packet(PacketType::HandshakeResponse, 1);
         assert_eq!(route(&response, 0, 2, true), Route::Owner(1));
+    }
+
+    #[test]
+    fn parity_goes_where_the_sessions_data_goes() {
+        let parity = packet(PacketType::Parity, 2);
+        assert_eq!(parity[0], 0x25);
+        assert_eq!(route(&parity, 0, 4, true), Route::Owner(2));
+        assert_eq!(route(&parity, 2, 4, true), Route::Local);
+        assert_eq!(route(&parity, 0, 4, false), Route::Owner(2));
+        assert_eq!(route(&parity, 0, 1, true), Route::Local);
+        assert_eq!(
+            route(&packet(PacketType::Parity, 9), 0, 4, true),
+            Route::Local
+        );
+        // Too short to name its session: the local endpoint counts it.
+        assert_eq!(route(&[0x25], 0, 4, true), Route::Local);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use engine_api::config::Config;
+use engine_proto::config::FecConfig;
 use engine_proto::wire::SessionId;
 use engine_proto::{CloseReason, Endpoint, SessionEvent};
 
@@ -303,15 +304,50 @@ impl Shard {
             state.dial = None;
         }
         tracing::info!(peer = %state.name, ?reason, "session with peer closed");
-        if state.addr.is_none()
-            || !self.peers.dialling
-            || state.dial.is_some()
-            || !state.sessions.is_empty()
-        {
+        self.redial(now, p, was_up);
+    }
+
+    /// A handshake that authenticated but was refused because the two ends' FEC settings
+    /// differ. No session came of it, so nothing is counted as closed: on the accepting side the
+    /// event has no session id at all; on the dialling side the dial ends and is retried with
+    /// the usual backoff (the operator may be changing both configs one at a time).
+    fn on_fec_mismatch(
+        &mut self,
+        now: Instant,
+        session_id: SessionId,
+        ours: FecConfig,
+        theirs: FecConfig,
+        peer_name: Option<&str>,
+    ) {
+        let dialled = self.peers.by_session.remove(&session_id);
+        let peer = dialled
+            .map(|p| self.peers.name(p).to_owned())
+            .or_else(|| peer_name.map(str::to_owned))
+            .unwrap_or_else(|| "an unnamed peer".to_owned());
+        tracing::warn!(
+            "FEC settings differ from peer {peer}: ours {ours}, theirs {theirs}; set the same fec \
+             on both nodes"
+        );
+        if let Some(p) = dialled {
+            let state = &mut self.peers.peers[p];
+            if state.dial == Some(session_id) {
+                state.dial = None;
+            }
+            self.redial(now, p, false);
+        }
+    }
+
+    /// Schedules the next dial of peer `p` if it is dialled and has neither a session nor a
+    /// handshake in progress: at once after a session that was up (the peer restarted or the
+    /// path came back), with doubling backoff after failed handshakes.
+    fn redial(&mut self, now: Instant, p: usize, was_up: bool) {
+        let dialling = self.peers.dialling;
+        let Some(state) = self.peers.peers.get_mut(p) else {
+            return;
+        };
+        if state.addr.is_none() || !dialling || state.dial.is_some() || !state.sessions.is_empty() {
             return;
         }
-        // Dial again: at once after a session that was up (the peer restarted or the path came
-        // back), with doubling backoff after failed handshakes.
         let delay = if was_up {
             Duration::ZERO
         } else {
@@ -336,6 +372,9 @@ impl Shard {
                             self.counters.datagrams_dropped += 1;
                         }
                     }
+                }
+                SessionEvent::Closed(CloseReason::FecMismatch { ours, theirs, peer }) => {
+                    self.on_fec_mismatch(now, event.session, ours, theirs, peer.as_deref())
                 }
                 SessionEvent::Closed(reason) => self.on_session_closed(now, event.session, &reason),
             }

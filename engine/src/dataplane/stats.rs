@@ -49,6 +49,7 @@ pub(crate) fn snapshot(shard: &Shard) -> Stats {
         packets_taken_over: c.packets_taken_over,
         handover_dropped: c.handover_dropped,
         connections_handed_over: c.connections_handed_over,
+        fec_mismatches: endpoint.fec_mismatches,
         ..Stats::default()
     };
     for session in shard.endpoint.sessions() {
@@ -58,6 +59,13 @@ pub(crate) fn snapshot(shard: &Shard) -> Stats {
         stats.packets_lost += s.packets_lost;
         stats.bytes_retransmitted += s.stream_bytes_retransmitted;
         stats.packets_rejected += s.dropped_auth + s.dropped_replayed + s.dropped_malformed;
+        stats.fec_groups_sent += s.fec_groups_sent;
+        stats.fec_parity_sent += s.fec_parity_sent;
+        stats.fec_parity_received += s.fec_parity_received;
+        stats.fec_packets_recovered += s.fec_packets_recovered;
+        stats.fec_groups_unrecoverable += s.fec_groups_unrecoverable;
+        stats.fec_ratio = stats.fec_ratio.max(s.fec_ratio);
+        stats.fec_peer_loss = stats.fec_peer_loss.max(s.fec_peer_loss);
     }
     stats
 }
@@ -71,7 +79,15 @@ pub(crate) fn add(total: &mut Stats, shard: &Stats) {
     total.packets_lost += shard.packets_lost;
     total.frames_retransmitted += shard.frames_retransmitted;
     total.bytes_retransmitted += shard.bytes_retransmitted;
-    total.frames_recovered_fec += shard.frames_recovered_fec;
+    total.fec_groups_sent += shard.fec_groups_sent;
+    total.fec_parity_sent += shard.fec_parity_sent;
+    total.fec_parity_received += shard.fec_parity_received;
+    total.fec_packets_recovered += shard.fec_packets_recovered;
+    total.fec_groups_unrecoverable += shard.fec_groups_unrecoverable;
+    // Gauges: the worst session anywhere, not a sum.
+    total.fec_ratio = total.fec_ratio.max(shard.fec_ratio);
+    total.fec_peer_loss = total.fec_peer_loss.max(shard.fec_peer_loss);
+    total.fec_mismatches += shard.fec_mismatches;
     total.packets_rejected += shard.packets_rejected;
     total.sessions += shard.sessions;
     total.streams += shard.streams;

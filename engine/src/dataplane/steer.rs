@@ -173,7 +173,9 @@ mod tests {
     #[test]
     fn program_answers_as_specified() {
         let mut packets: Vec<Vec<u8>> = (0..5).map(|len| vec![0x01; len]).collect();
-        for first in [0x00, 0x01, 0x02, 0x03, 0x04, 0x21, 0x31, 0x0f, 0xf1, 0xf3] {
+        for first in [
+            0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x21, 0x25, 0x31, 0x0f, 0xf1, 0xf3,
+        ] {
             for id in [
                 0u32,
                 1,
@@ -269,7 +271,7 @@ mod tests {
         let mut tag = 0;
         for client in &clients {
             for shard in 0u8..3 {
-                for first in [0x03, 0x23, 0x02, 0x04] {
+                for first in [0x03, 0x23, 0x02, 0x04, 0x25] {
                     tag += 1;
                     let id = u32::from_be_bytes([shard, 0xab, 0xcd, tag as u8]);
                     let index = deliver(&sockets, server, client, &packet(first, id, tag));
@@ -322,7 +324,7 @@ mod tests {
         let (sockets, server) = group(1);
         attach(sockets[0].as_fd(), 1).unwrap();
         let client = &clients(1)[0];
-        for (tag, first) in [0x01, 0x02, 0x03, 0x04].into_iter().enumerate() {
+        for (tag, first) in [0x01, 0x02, 0x03, 0x04, 0x05].into_iter().enumerate() {
             for id in [0, 0x0100_0000, u32::MAX] {
                 assert_eq!(
                     deliver(&sockets, server, client, &packet(first, id, tag as u32)),
