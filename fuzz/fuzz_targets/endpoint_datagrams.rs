@@ -9,6 +9,9 @@
 //!   cipher, they authenticate, so fuzzer-chosen frames (raw or structured) reach the session's
 //!   frame handlers.
 //!
+//! Both endpoints run fixed FEC (4 data + 2 parity, interleave 2), so parity packets are
+//! captured, damaged and replayed too, and reach the recovery code.
+//!
 //! Nothing may panic, every datagram an endpoint sends must be well formed (see `common`), and
 //! the endpoint's counters and session limit must hold.
 //!
@@ -21,6 +24,7 @@ mod common;
 use arbitrary::{Arbitrary, Unstructured};
 use common::{Forger, Net, NetOp, addr};
 use engine_proto::wire::{AckFrame, Frame, StreamFrameHeader, StreamId, WindowTarget, Writer};
+use engine_proto::{FecConfig, FecMode};
 use libfuzzer_sys::fuzz_target;
 
 /// Operations per input; bounds the time one input takes.
@@ -412,7 +416,12 @@ fn run(net: &mut Net, forger: &mut Forger, op: Op) {
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
-    let mut net = Net::new(true, |_| {});
+    let mut net = Net::new(true, |c| {
+        c.session.fec = FecConfig {
+            mode: FecMode::Fixed { data: 4, parity: 2 },
+            interleave: 2,
+        }
+    });
     let mut forger = Forger::new(&net);
     for _ in 0..MAX_OPS {
         if u.is_empty() {

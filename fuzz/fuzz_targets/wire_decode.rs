@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use engine_proto::wire::{
     AckFrame, Frame, FrameIter, HandshakeParams, Header, MAX_NODE_NAME_LEN, PacketType,
-    StatelessReset, StreamFrameHeader, Writer, decode_packet_number,
+    ParityHeader, StatelessReset, StreamFrameHeader, Writer, decode_packet_number,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
     };
 
     check_reset(data);
+    check_parity(data);
     check_params(data);
 
     let mut frames = FrameIter::new(payload);
@@ -66,6 +67,19 @@ fn check_reset(data: &[u8]) {
     // Everything but the key-phase bit (ignored in resets) and trailing bytes re-encodes.
     assert_eq!(buf[0], data[0] & !0x10);
     assert_eq!(buf[1..], data[1..StatelessReset::LEN]);
+}
+
+fn check_parity(data: &[u8]) {
+    let Ok((header, shard)) = ParityHeader::parse(data) else {
+        return;
+    };
+    assert!(header.index < header.parity && header.stride >= 1 && header.data >= 1);
+    let mut buf = [0u8; ParityHeader::LEN];
+    header
+        .emit(&mut Writer::new(&mut buf))
+        .expect("a parsed parity header encodes");
+    assert_eq!(buf[..], data[..ParityHeader::LEN]);
+    assert_eq!(shard, &data[ParityHeader::LEN..]);
 }
 
 fn check_params(data: &[u8]) {

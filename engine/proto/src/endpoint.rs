@@ -358,11 +358,7 @@ impl Endpoint {
         let seed = self.seed();
         let mut msg2 = Vec::with_capacity(128);
         let mut remote = None;
-        let params = encode_params(
-            local,
-            self.config.name.as_deref(),
-            self.config.session.fec,
-        );
+        let params = encode_params(local, self.config.name.as_deref(), self.config.session.fec);
         let result = respond(&self.config.psk, seed, msg1, &mut msg2, |payload| {
             remote = decode_params(payload);
             params

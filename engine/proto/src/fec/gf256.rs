@@ -10,9 +10,53 @@
 //! `x_i = data + i`, `y_j = j`. Every square submatrix of a Cauchy matrix is invertible, so
 //! `[I; C]` is MDS: any `data` shards determine the group.
 
-use reed_solomon_erasure::galois_8::{div, mul, mul_slice, mul_slice_xor};
+use reed_solomon_erasure::galois_8::{div, mul};
 
 use super::{ErasureCode, FecError, check_encode, check_group, pair_mut};
+
+/// Whether `reed-solomon-erasure`'s C kernels may run here. With `simd-accel` they are compiled
+/// for x86-64 with `-march=haswell` (AVX2) and would fault on an older CPU, so there the
+/// portable loops below take over (same results, slower).
+fn simd_kernels_usable() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
+    }
+}
+
+/// `out = c * input`, elementwise over GF(2^8).
+fn mul_slice(c: u8, input: &[u8], out: &mut [u8]) {
+    if simd_kernels_usable() {
+        reed_solomon_erasure::galois_8::mul_slice(c, input, out);
+    } else {
+        portable_mul_slice(c, input, out);
+    }
+}
+
+/// `out ^= c * input`, elementwise over GF(2^8).
+fn mul_slice_xor(c: u8, input: &[u8], out: &mut [u8]) {
+    if simd_kernels_usable() {
+        reed_solomon_erasure::galois_8::mul_slice_xor(c, input, out);
+    } else {
+        portable_mul_slice_xor(c, input, out);
+    }
+}
+
+fn portable_mul_slice(c: u8, input: &[u8], out: &mut [u8]) {
+    for (o, &i) in out.iter_mut().zip(input) {
+        *o = mul(c, i);
+    }
+}
+
+fn portable_mul_slice_xor(c: u8, input: &[u8], out: &mut [u8]) {
+    for (o, &i) in out.iter_mut().zip(input) {
+        *o ^= mul(c, i);
+    }
+}
 
 /// GF(2^8) has 256 elements, so at most 256 distinct evaluation points: data + parity <= 256.
 const MAX_SHARDS: usize = 256;
@@ -254,6 +298,21 @@ mod tests {
         let mut rs = Gf256Rs::new(200, 56).unwrap();
         let lost: Vec<usize> = (0..56).map(|i| i * 3).collect();
         check_round_trip(&mut rs, 64, 7, &lost).unwrap();
+    }
+
+    #[test]
+    fn the_portable_kernels_compute_what_the_simd_ones_do() {
+        // Both ends of a session must compute identical parity whatever their CPU.
+        let input: Vec<u8> = (0..1500u32).map(|i| (i * 151 + 7) as u8).collect();
+        for c in [0u8, 1, 2, 0x53, 0xff] {
+            let (mut a, mut b) = (vec![0x11u8; 1500], vec![0x11u8; 1500]);
+            mul_slice(c, &input, &mut a);
+            portable_mul_slice(c, &input, &mut b);
+            assert_eq!(a, b);
+            mul_slice_xor(c, &input, &mut a);
+            portable_mul_slice_xor(c, &input, &mut b);
+            assert_eq!(a, b);
+        }
     }
 
     proptest! {

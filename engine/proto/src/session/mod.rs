@@ -6,6 +6,7 @@
 //! `handle_timeout` feed it, `poll_transmit`, `poll_timeout` and `poll_event` drain it.
 
 mod ack;
+mod fec;
 #[cfg(test)]
 mod regression_tests;
 mod sent;
@@ -22,10 +23,12 @@ use crate::config::SessionConfig;
 use crate::crypto::{ReplayWindow, RxKeys, TAG_LEN, TxKeys};
 use crate::mux::{ReadOutcome, SentFrame, StreamError, StreamEvent, Streams};
 use crate::wire::{
-    AckFrame, Frame, FrameIter, Header, SessionId, Side, StreamId, Writer, decode_packet_number,
+    AckFrame, Frame, FrameIter, Header, ParityHeader, SessionId, Side, StreamId, Writer,
+    decode_packet_number,
 };
 
 use ack::{AckState, MAX_ACK_RANGES};
+use fec::{ClosedGroup, FecReceiver, FecSender};
 use sent::SentPackets;
 pub use stats::SessionStats;
 
@@ -151,6 +154,11 @@ pub struct Session {
     stats: SessionStats,
     scratch_frames: Vec<SentFrame>,
     scratch_pns: Vec<u64>,
+    /// FEC, when negotiated: the groups we send and the parity we receive.
+    fec_tx: Option<FecSender>,
+    fec_rx: Option<FecReceiver>,
+    /// Packets rebuilt from parity, waiting to be handled.
+    fec_recovered: Vec<Vec<u8>>,
 }
 
 /// What the endpoint hands a new session.
@@ -207,6 +215,9 @@ impl Session {
             stats: SessionStats::default(),
             scratch_frames: Vec::new(),
             scratch_pns: Vec::new(),
+            fec_tx: p.config.fec.is_on().then(|| FecSender::new(p.config.fec)),
+            fec_rx: p.config.fec.is_on().then(|| FecReceiver::new(p.config.fec)),
+            fec_recovered: Vec::new(),
             config: p.config,
         };
         if s.confirmed {
@@ -251,6 +262,15 @@ impl Session {
         s.loss_rate = self.cc.loss_rate();
         s.streams_open = self.streams.open_count() as u64;
         s.key_generation = self.tx.generation();
+        if let Some(tx) = &self.fec_tx {
+            s.fec_groups_sent = tx.groups_sent;
+            s.fec_parity_sent = tx.parity_sent;
+            s.fec_ratio = tx.last_ratio;
+            s.fec_peer_loss = tx.peer_loss();
+        }
+        if let Some(rx) = &self.fec_rx {
+            s.fec_groups_unrecoverable = rx.groups_unrecoverable;
+        }
         s
     }
 
@@ -347,6 +367,52 @@ impl Session {
         header: &Header,
         packet: &mut [u8],
     ) {
+        self.handle_packet_once(now, from, header, packet, false);
+        self.handle_recovered(now);
+    }
+
+    /// Handles the packets FEC rebuilt: exactly like received ones, except that they cannot
+    /// move the session to another address (the parity that rebuilt them is not authenticated).
+    fn handle_recovered(&mut self, now: Instant) {
+        while let Some(mut packet) = self.fec_recovered.pop() {
+            if let Ok((header, _)) = Header::parse(&packet) {
+                let remote = self.remote;
+                self.handle_packet_once(now, remote, &header, &mut packet, true);
+            }
+        }
+    }
+
+    /// Handles a parity packet (type 5) addressed to this session. Malformed ones are dropped
+    /// and counted; duplicate and late shards change nothing.
+    pub(crate) fn handle_parity(&mut self, now: Instant, _from: SocketAddr, packet: &[u8]) {
+        if self.state != State::Established {
+            return;
+        }
+        let Some(rx) = self.fec_rx.as_mut() else {
+            // We never agreed to FEC: the peer is confused or it is garbage.
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let Ok((header, shard)) = ParityHeader::parse(packet) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        self.stats.fec_parity_received += 1;
+        self.stats.bytes_received += packet.len() as u64;
+        let mut out = std::mem::take(&mut self.fec_recovered);
+        rx.on_parity(&header, shard, self.acks.largest(), &mut out);
+        self.fec_recovered = out;
+        self.handle_recovered(now);
+    }
+
+    fn handle_packet_once(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        header: &Header,
+        packet: &mut [u8],
+        recovered: bool,
+    ) {
         if matches!(self.state, State::Closed) {
             return;
         }
@@ -360,12 +426,25 @@ impl Session {
             self.stats.dropped_replayed += 1;
             return;
         }
+        // FEC works on sealed packets: keep this one as it came, before it is opened in place.
+        let copy = self.fec_rx.as_mut().map(|rx| rx.copy(packet));
         let (head, body) = packet.split_at_mut(header_len);
         let Ok(plain) = self.rx.open(pn, header.key_phase, head, body) else {
+            if let (Some(rx), Some(copy)) = (self.fec_rx.as_mut(), copy) {
+                rx.discard(copy);
+            }
             self.stats.dropped_auth += 1;
             return;
         };
         self.replay.accept(pn);
+        if let (Some(rx), Some(copy)) = (self.fec_rx.as_mut(), copy) {
+            let mut out = std::mem::take(&mut self.fec_recovered);
+            rx.on_packet(now, pn, copy, recovered, &mut out);
+            self.fec_recovered = out;
+        }
+        if recovered {
+            self.stats.fec_packets_recovered += 1;
+        }
         let plain: &[u8] = plain;
         // Validate every frame before acting on any, so a malformed packet changes nothing.
         let mut ack_eliciting = false;
@@ -422,15 +501,18 @@ impl Session {
         self.unanswered_since = (self.sent.ack_eliciting_in_flight > 0).then_some(now);
     }
 
-    /// Handles a parity packet (type 5) addressed to this session.
-    pub(crate) fn handle_parity(&mut self, _now: Instant, _from: SocketAddr, _packet: &[u8]) {
-        self.stats.fec_parity_received += 1;
-    }
-
     fn handle_frame(&mut self, now: Instant, frame: Frame<'_>) {
         match frame {
             Frame::Padding | Frame::Ping => {}
             Frame::Ack(ack) => self.handle_ack(now, &ack),
+            Frame::LossReport {
+                loss_ppm,
+                burst_x100,
+            } => {
+                if let Some(tx) = self.fec_tx.as_mut() {
+                    tx.on_loss_report(loss_ppm, burst_x100);
+                }
+            }
             Frame::Close { error_code, reason } => {
                 self.state = State::Draining {
                     until: now + 3 * self.rtt.pto_base(),
@@ -657,7 +739,38 @@ impl Session {
         if now >= self.last_sent + self.config.keepalive {
             self.ping_pending = true;
         }
+        self.close_due_groups(now);
         self.compact(now);
+    }
+
+    /// Closes the FEC groups that have waited long enough for more packets.
+    fn close_due_groups(&mut self, now: Instant) {
+        let Some(tx) = self.fec_tx.as_mut() else {
+            return;
+        };
+        let due: Vec<usize> = tx.due(now).collect();
+        let backlog = self.wants_to_send_eliciting();
+        for lane in due {
+            let Some(tx) = self.fec_tx.as_mut() else {
+                return;
+            };
+            let closed = tx.close(lane, backlog, self.remote_id);
+            self.on_group_closed(now, &closed);
+        }
+    }
+
+    /// A FEC group closed: with parity on its way, its members are judged lost only from the
+    /// packets sent after the parity (else the sender would retransmit what the receiver is
+    /// about to rebuild); without, by their own numbers again.
+    fn on_group_closed(&mut self, now: Instant, closed: &ClosedGroup) {
+        let last_sent = self.next_pn.saturating_sub(1);
+        for &pn in &closed.members {
+            if closed.protected {
+                self.sent.release_from_group(pn, last_sent, now);
+            } else {
+                self.sent.restore_loss_ref(pn);
+            }
+        }
     }
 
     /// The retransmission timeout fired: everything in flight for longer than the timeout is
@@ -698,6 +811,7 @@ impl Session {
         min(self.loss_time);
         min(self.pto_deadline());
         min(self.path_deadline());
+        min(self.fec_tx.as_ref().and_then(FecSender::deadline));
         if !self.ping_pending {
             min(Some(self.last_sent + self.config.keepalive));
         }
@@ -720,7 +834,10 @@ impl Session {
     /// Writes up to `config.max_segments` datagrams into `buf` (a GSO batch), or returns None
     /// when nothing may be sent now (see [`Session::poll_timeout`]).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        let mtu = self.config.mtu;
+        if let Some(t) = self.poll_parity(now, buf) {
+            return Some(t);
+        }
+        let mtu = self.config.packet_limit();
         let mut size = 0;
         let mut segment_size = None;
         let mut segments = 0;
@@ -734,6 +851,14 @@ impl Session {
             };
             segments += 1;
             size += n;
+            if self.fec_tx.as_ref().is_some_and(FecSender::has_parity) {
+                // A group just closed: its parity goes before anything sent after it. (This
+                // packet may be shorter than the batch's segments: GSO allows that of the last.)
+                if segment_size.is_none() {
+                    segment_size = Some(n);
+                }
+                break;
+            }
             match segment_size {
                 // Only full-size packets are worth batching; a short one goes out alone.
                 None if n < mtu => break,
@@ -749,6 +874,46 @@ impl Session {
             destination: self.remote,
             size,
             segment_size: (segments > 1).then_some(segment_size.unwrap_or(size)),
+        })
+    }
+
+    /// Writes the parity packets that are ready (one GSO batch: a group's shards are all of one
+    /// length). Neither the congestion window nor the pacer holds them back: they are only
+    /// worth sending right behind their group. Their bytes were charged to rate control with
+    /// the data packets they protect ([`FecSender::charged_size`]).
+    fn poll_parity(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if self.state != State::Established {
+            return None;
+        }
+        let tx = self.fec_tx.as_mut()?;
+        let mut batch = tx.poll_parity()?;
+        let len = batch.packets.first()?.len();
+        let mut size = 0;
+        let mut sent = 0;
+        for packet in &batch.packets {
+            if sent == self.config.max_segments.max(1) {
+                break;
+            }
+            let Some(out) = buf.get_mut(size..size + packet.len()) else {
+                break;
+            };
+            out.copy_from_slice(packet);
+            size += packet.len();
+            sent += 1;
+        }
+        if sent < batch.packets.len() {
+            batch.packets.drain(..sent);
+            tx.requeue(batch);
+        }
+        if sent == 0 {
+            return None;
+        }
+        self.stats.bytes_sent += size as u64;
+        self.last_sent = now;
+        Some(Transmit {
+            destination: self.remote,
+            size,
+            segment_size: (sent > 1).then_some(len),
         })
     }
 
@@ -812,6 +977,12 @@ impl Session {
                 self.acks.on_ack_sent();
             }
         }
+        if let Some(rx) = self.fec_rx.as_mut()
+            && let Some(report) = rx.report()
+            && report.encode(&mut w).is_ok()
+        {
+            rx.on_report_sent();
+        }
         let mut frames = std::mem::take(&mut self.scratch_frames);
         frames.clear();
         if send_close {
@@ -866,18 +1037,37 @@ impl Session {
             }
         }
         self.last_sent = now;
+        // What rate control counts: with fixed FEC, the packet's share of its parity as well.
+        let charged = self
+            .fec_tx
+            .as_ref()
+            .map_or(size as u64, |tx| tx.charged_size(size as u64));
         // ACK-only packets are invisible to the rate controller (they are not in flight).
         let snapshot = eliciting.then(|| {
-            self.pacer.on_sent(now, size as u64);
+            self.pacer.on_sent(now, charged);
             self.last_eliciting_sent = Some(now);
             // A CLOSE is ack-eliciting too, but the session is over then: only Established
             // sessions look at this.
             self.unanswered_since.get_or_insert(now);
             self.cc
-                .on_packet_sent(now, size as u64, self.sent.bytes_in_flight)
+                .on_packet_sent(now, charged, self.sent.bytes_in_flight)
         });
-        let packet = SentPackets::new_packet(now, size as u32, snapshot, largest_ack_sent);
+        let packet = SentPackets::new_packet(now, charged as u32, snapshot, largest_ack_sent);
         self.sent.push(pn, packet, &frames);
+        if self.fec_tx.is_some() && !send_close {
+            let flush = fec::flush_delay(self.rtt.smoothed());
+            if eliciting {
+                self.sent.hold_for_group(pn, now + flush);
+            }
+            let backlog = self.wants_to_send_eliciting();
+            let remote_id = self.remote_id;
+            let closed = self.fec_tx.as_mut().and_then(|tx| {
+                tx.on_sent(now, pn, &out[..size], eliciting, flush, backlog, remote_id)
+            });
+            if let Some(closed) = closed {
+                self.on_group_closed(now, &closed);
+            }
+        }
         if eliciting && !self.wants_to_send_eliciting() {
             self.cc.on_app_limited(self.sent.bytes_in_flight);
         }

@@ -37,6 +37,11 @@ pub(crate) struct SentPacket {
     frames_start: u64,
     frames_len: u16,
     pub fate: Fate,
+    /// Loss detection counts from here: the packet itself, or for a member of a FEC group the
+    /// last packet sent before the group's parity (and the time the group closed), since a
+    /// packet the peer can recover from parity is not lost before that parity had its chance.
+    loss_ref_pn: u64,
+    loss_ref_time: Instant,
 }
 
 impl SentPacket {
@@ -75,6 +80,7 @@ impl SentPackets {
         if !packet.in_flight() {
             packet.fate = Fate::AckOnly;
         }
+        packet.loss_ref_pn = pn;
         packet.frames_start = self.frames_base + self.frames.len() as u64;
         packet.frames_len = frames.len() as u16;
         self.frames.extend(frames.iter().copied());
@@ -99,6 +105,8 @@ impl SentPackets {
             frames_start: 0,
             frames_len: 0,
             fate: Fate::InFlight,
+            loss_ref_pn: 0,
+            loss_ref_time: time,
         }
     }
 
@@ -171,6 +179,36 @@ impl SentPackets {
         Some(copy)
     }
 
+    /// Holds `pn` back from loss detection until `until` (the latest its FEC group can close).
+    pub fn hold_for_group(&mut self, pn: u64, until: Instant) {
+        if let Some(p) = self.get_mut(pn) {
+            p.loss_ref_pn = u64::MAX / 2;
+            p.loss_ref_time = until;
+        }
+    }
+
+    /// `pn`'s group closed: it is lost once `threshold` packets after `ref_pn` are acknowledged,
+    /// or once it is `loss_delay` older than `ref_time`.
+    pub fn release_from_group(&mut self, pn: u64, ref_pn: u64, ref_time: Instant) {
+        if let Some(p) = self.get_mut(pn) {
+            p.loss_ref_pn = ref_pn;
+            p.loss_ref_time = ref_time;
+        }
+    }
+
+    /// `pn`'s group closed without parity: it is judged by its own number and time again.
+    pub fn restore_loss_ref(&mut self, pn: u64) {
+        if let Some(p) = self.get_mut(pn) {
+            p.loss_ref_pn = pn;
+            p.loss_ref_time = p.time;
+        }
+    }
+
+    fn get_mut(&mut self, pn: u64) -> Option<&mut SentPacket> {
+        let idx = pn.checked_sub(self.base)?;
+        self.packets.get_mut(usize::try_from(idx).ok()?)
+    }
+
     /// Holes that are lost by the packet or time threshold, ascending. Returns also the instant
     /// at which the oldest remaining hole will be lost by time, if any.
     pub fn detect_lost(
@@ -185,14 +223,20 @@ impl SentPackets {
             return (Vec::new(), None);
         };
         let mut lost = Vec::new();
-        let mut next_loss_time = None;
+        let mut next_loss_time: Option<Instant> = None;
         for &pn in &self.holes {
             let Some(p) = self.get(pn) else { continue };
-            if pn + packet_threshold <= largest || lost_before.is_some_and(|t| p.time <= t) {
+            let by_count = |ref_pn: u64| ref_pn.saturating_add(packet_threshold) <= largest;
+            let by_time = |t: Instant| lost_before.is_some_and(|b| t <= b);
+            if by_count(p.loss_ref_pn) || by_time(p.loss_ref_time) {
                 lost.push(pn);
-            } else {
-                // Holes are in send order: later ones are younger and closer to `largest`.
-                next_loss_time = Some(p.time + loss_delay);
+                continue;
+            }
+            let at = p.loss_ref_time + loss_delay;
+            next_loss_time = Some(next_loss_time.map_or(at, |n| n.min(at)));
+            if !by_count(pn) && !by_time(p.time) {
+                // Holes are in send order: later ones are younger and closer to `largest`,
+                // and a group can only move a packet's reference later, never earlier.
                 break;
             }
         }

@@ -243,3 +243,129 @@ fn datagrams_arrive_whole_and_oversized_ones_are_refused() {
         std::iter::from_fn(|| server.session_mut(sid).unwrap().recv_datagram()).collect();
     assert_eq!(got, vec![b"one".to_vec(), vec![9u8; max]]);
 }
+
+fn fec_endpoints(
+    client_fec: crate::FecConfig,
+    server_fec: crate::FecConfig,
+) -> (Endpoint, Endpoint) {
+    let mut config = EndpointConfig::new(Psk::from_bytes([5; 32]));
+    config.session.rate = crate::arq::RateControlConfig::Fixed {
+        bytes_per_sec: 1 << 30,
+    };
+    let mut client_cfg = config.clone();
+    client_cfg.accept = false;
+    client_cfg.session.fec = client_fec;
+    config.session.fec = server_fec;
+    (
+        Endpoint::new(client_cfg, [1; 32]),
+        Endpoint::new(config, [2; 32]),
+    )
+}
+
+/// Different FEC settings: no session on either side, and both learn why.
+#[test]
+fn mismatched_fec_settings_refuse_the_session_on_both_sides() {
+    let (mut client, mut server) = fec_endpoints(crate::FecConfig::OFF, crate::FecConfig::ADAPTIVE);
+    let server_addr: SocketAddr = "127.0.0.1:2".parse().unwrap();
+    let client_addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let now = Instant::now();
+    let cid = client.connect(now, server_addr);
+    exchange(&mut client, &mut server, client_addr, server_addr, now);
+    assert!(client.session(cid).is_none() && server.sessions().next().is_none());
+    let mismatch = |ours, theirs| {
+        SessionEvent::Closed(CloseReason::FecMismatch {
+            ours,
+            theirs,
+            peer: None,
+        })
+    };
+    let client_events: Vec<_> = std::iter::from_fn(|| client.poll_event()).collect();
+    assert_eq!(
+        client_events,
+        vec![crate::Event {
+            session: cid,
+            kind: mismatch(crate::FecConfig::OFF, crate::FecConfig::ADAPTIVE),
+        }]
+    );
+    let server_event = server.poll_event().unwrap();
+    assert_eq!(server_event.session, SessionId::NONE);
+    assert_eq!(
+        server_event.kind,
+        mismatch(crate::FecConfig::ADAPTIVE, crate::FecConfig::OFF)
+    );
+    assert_eq!(client.stats().fec_mismatches, 1);
+    assert_eq!(server.stats().fec_mismatches, 1);
+}
+
+/// A data packet lost in transit and rebuilt from parity is acknowledged like any other: the
+/// sender neither declares it lost nor sends its data again. Parity packets fit the MTU.
+#[test]
+fn a_packet_rebuilt_from_parity_is_acknowledged_not_retransmitted() {
+    let fec = crate::FecConfig {
+        mode: crate::FecMode::Fixed { data: 4, parity: 2 },
+        interleave: 1,
+    };
+    let (mut client, mut server) = fec_endpoints(fec, fec);
+    let server_addr: SocketAddr = "127.0.0.1:2".parse().unwrap();
+    let client_addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let mut now = Instant::now();
+    let cid = client.connect(now, server_addr);
+    exchange(&mut client, &mut server, client_addr, server_addr, now);
+    let mtu = client.session(cid).unwrap().config().mtu;
+    let s = client.session_mut(cid).unwrap();
+    let id = s.open_stream(7).unwrap();
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i * 13) as u8).collect();
+    assert_eq!(s.write(id, &data).unwrap(), data.len());
+    s.finish(id).unwrap();
+    // Deliver the client's flight, dropping its third data packet.
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut data_packets, mut parity_packets) = (0, 0);
+    while let Some(t) = client.poll_transmit(now, &mut buf) {
+        let seg = t.segment_size.unwrap_or(t.size);
+        for c in buf[..t.size].to_vec().chunks_mut(seg) {
+            assert!(c.len() <= mtu, "{} > {mtu}", c.len());
+            if c[0] & 0x0f == crate::wire::PacketType::Parity as u8 {
+                parity_packets += 1;
+            } else {
+                data_packets += 1;
+                if data_packets == 3 {
+                    continue;
+                }
+            }
+            server.handle_datagram(now, client_addr, c);
+        }
+    }
+    assert!(
+        data_packets >= 8 && parity_packets >= 2,
+        "{data_packets} data, {parity_packets} parity"
+    );
+    let sid = server.sessions().next().unwrap().local_id();
+    assert_eq!(
+        server.session(sid).unwrap().stats().fec_packets_recovered,
+        1
+    );
+    // The acknowledgements go back at once; then time passes well beyond any loss timer.
+    exchange(&mut client, &mut server, client_addr, server_addr, now);
+    for _ in 0..20 {
+        now += Duration::from_millis(50);
+        client.handle_timeout(now);
+        server.handle_timeout(now);
+        exchange(&mut client, &mut server, client_addr, server_addr, now);
+    }
+    let mut got = Vec::new();
+    let mut read = vec![0u8; 64 * 1024];
+    let server_session = server.session_mut(sid).unwrap();
+    while let Ok(r) = server_session.read(id, &mut read) {
+        got.extend_from_slice(&read[..r.len]);
+        if r.fin || r.len == 0 {
+            break;
+        }
+    }
+    assert_eq!(got, data);
+    let c = client.session(cid).unwrap().stats();
+    assert_eq!(
+        (c.packets_lost, c.stream_bytes_retransmitted),
+        (0, 0),
+        "{c:?}"
+    );
+}

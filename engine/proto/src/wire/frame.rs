@@ -11,6 +11,7 @@
 //! | 0x06        | RESET: stream id, error code, final size                 |
 //! | 0x07        | CLOSE: error code, reason length, reason                 |
 //! | 0x08 / 0x09 | DATAGRAM with / without (to the end of the packet) a length |
+//! | 0x0a        | LOSS_REPORT: raw loss (parts per million), mean loss burst (x100) |
 //! | 0x10-0x13   | STREAM: bit 0 FIN, bit 1 length present; stream id, offset, [length], data |
 //!
 //! All integers are varints. ACK ranges follow RFC 9000 §19.3: descending, each range given as a
@@ -30,6 +31,7 @@ const RESET: u64 = 0x06;
 const CLOSE: u64 = 0x07;
 const DATAGRAM_LEN: u64 = 0x08;
 const DATAGRAM: u64 = 0x09;
+const LOSS_REPORT: u64 = 0x0a;
 const STREAM_BASE: u64 = 0x10;
 const STREAM_FIN: u64 = 0x01;
 const STREAM_LEN: u64 = 0x02;
@@ -67,6 +69,15 @@ pub enum Frame<'a> {
     Datagram {
         data: &'a [u8],
     },
+    /// The packet loss the sender of this frame sees from its peer before FEC recovery (which
+    /// the peer cannot see: recovered packets are acknowledged). Drives adaptive FEC. Not
+    /// ack-eliciting and never retransmitted: a newer report follows.
+    LossReport {
+        /// Lost packets per million, at most 1 000 000.
+        loss_ppm: u32,
+        /// Mean number of consecutive packets lost together, times 100 (at least 100).
+        burst_x100: u32,
+    },
     Stream {
         id: StreamId,
         offset: u64,
@@ -78,7 +89,10 @@ pub enum Frame<'a> {
 impl Frame<'_> {
     /// Whether receiving this frame obliges the receiver to acknowledge the packet.
     pub fn is_ack_eliciting(&self) -> bool {
-        !matches!(self, Frame::Padding | Frame::Ack(_))
+        !matches!(
+            self,
+            Frame::Padding | Frame::Ack(_) | Frame::LossReport { .. }
+        )
     }
 
     /// Encodes every frame except ACK (use [`AckFrame::encode`]). A frame that does not fit, or
@@ -129,6 +143,14 @@ impl Frame<'_> {
                 w.varint(data.len() as u64)?;
                 w.bytes(data)
             }
+            Frame::LossReport {
+                loss_ppm,
+                burst_x100,
+            } => {
+                w.varint(LOSS_REPORT)?;
+                w.varint(u64::from(loss_ppm))?;
+                w.varint(u64::from(burst_x100))
+            }
             Frame::Stream {
                 id,
                 offset,
@@ -161,6 +183,10 @@ impl Frame<'_> {
                 1 + v(error_code) + v(reason.len() as u64) + reason.len()
             }
             Frame::Datagram { data } => 1 + v(data.len() as u64) + data.len(),
+            Frame::LossReport {
+                loss_ppm,
+                burst_x100,
+            } => 1 + v(u64::from(loss_ppm)) + v(u64::from(burst_x100)),
             Frame::Stream {
                 id,
                 offset,
@@ -445,6 +471,17 @@ impl<'a> FrameIter<'a> {
                 }
             }
             DATAGRAM => Frame::Datagram { data: r.rest() },
+            LOSS_REPORT => {
+                let loss_ppm = u32::try_from(r.varint()?).map_err(|_| WireError::Malformed)?;
+                let burst_x100 = u32::try_from(r.varint()?).map_err(|_| WireError::Malformed)?;
+                if loss_ppm > 1_000_000 || burst_x100 < 100 {
+                    return Err(WireError::Malformed);
+                }
+                Frame::LossReport {
+                    loss_ppm,
+                    burst_x100,
+                }
+            }
             t if t & !(STREAM_FIN | STREAM_LEN) == STREAM_BASE => {
                 let id = stream_id(r)?;
                 let offset = r.varint()?;
@@ -529,6 +566,22 @@ mod tests {
             reason: b"bye",
         });
         round_trip(Frame::Datagram { data: b"dgram" });
+        round_trip(Frame::LossReport {
+            loss_ppm: 50_000,
+            burst_x100: 312,
+        });
+        assert_eq!(
+            FrameIter::new(&[0x0a, 0x80, 0x0f, 0x42, 0x41, 0x40, 100])
+                .next()
+                .unwrap(),
+            Err(WireError::Malformed),
+            "more than a million per million"
+        );
+        assert_eq!(
+            FrameIter::new(&[0x0a, 0, 0x40, 99]).next().unwrap(),
+            Err(WireError::Malformed),
+            "a burst shorter than one packet"
+        );
         round_trip(Frame::Stream {
             id,
             offset: 1 << 33,

@@ -145,7 +145,8 @@ impl Header {
 /// 10:       data packets in the group, k (1..=64)
 /// 11:       parity packets of the group, m (1..=32)
 /// 12:       this shard's index among the parity shards (0..m)
-/// 13..:     the shard: as long as the group's longest packet plus a 2-byte length prefix
+/// 13..:     the shard: the group's longest packet plus a 2-byte length prefix, rounded up to
+///           an even length
 /// ```
 ///
 /// The header is not authenticated. A forged or damaged parity shard can only make recovery
@@ -162,8 +163,9 @@ pub struct ParityHeader {
 
 impl ParityHeader {
     pub const LEN: usize = 13;
-    /// How much longer a parity packet is than the longest packet of its group.
-    pub const OVERHEAD: usize = Self::LEN + crate::fec::LEN_PREFIX;
+    /// How much longer a parity packet can be than the longest packet of its group: the header,
+    /// the length prefix, and one byte when the shard length is rounded up to even.
+    pub const OVERHEAD: usize = Self::LEN + crate::fec::LEN_PREFIX + 1;
 
     /// Parses a parity packet into its header and shard. Rejects out-of-range fields, so a
     /// receiver never sizes anything from garbage.
@@ -172,7 +174,15 @@ impl ParityHeader {
         if header.ty != PacketType::Parity {
             return Err(WireError::PacketType(header.ty as u8));
         }
-        let mut r = Reader::new(packet.get(Header::HANDSHAKE_LEN..).ok_or(WireError::Truncated)?);
+        if header.key_phase {
+            // Unused bit: must be zero, so every header has exactly one encoding.
+            return Err(WireError::Malformed);
+        }
+        let mut r = Reader::new(
+            packet
+                .get(Header::HANDSHAKE_LEN..)
+                .ok_or(WireError::Truncated)?,
+        );
         let h = Self {
             session_id: header.session_id,
             first_pn: r.u32()?,
@@ -382,7 +392,15 @@ mod tests {
             ParityHeader::parse(&buf[..ParityHeader::LEN - 1]),
             Err(WireError::Truncated)
         );
-        for (at, bad) in [(9, 0), (9, 9), (10, 0), (10, 65), (11, 0), (11, 33), (12, 3)] {
+        for (at, bad) in [
+            (9, 0),
+            (9, 9),
+            (10, 0),
+            (10, 65),
+            (11, 0),
+            (11, 33),
+            (12, 3),
+        ] {
             let mut b = buf;
             b[at] = bad;
             assert_eq!(

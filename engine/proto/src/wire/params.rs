@@ -251,7 +251,10 @@ mod tests {
         for fec in [
             FecConfig::ADAPTIVE,
             FecConfig {
-                mode: FecMode::Fixed { data: 10, parity: 3 },
+                mode: FecMode::Fixed {
+                    data: 10,
+                    parity: 3,
+                },
                 interleave: 4,
             },
             FecConfig {
@@ -272,13 +275,13 @@ mod tests {
             FecConfig::OFF
         );
         for bad in [
-            [1, 10, 0, 1],  // fixed without parity
-            [1, 0, 3, 1],   // no data
-            [2, 65, 0, 1],  // too large a group
-            [2, 10, 0, 0],  // no interleave
-            [2, 10, 0, 9],  // too deep
-            [2, 10, 1, 1],  // adaptive with a parity count
-            [3, 10, 0, 1],  // unknown mode
+            [1, 10, 0, 1], // fixed without parity
+            [1, 0, 3, 1],  // no data
+            [2, 65, 0, 1], // too large a group
+            [2, 10, 0, 0], // no interleave
+            [2, 10, 0, 9], // too deep
+            [2, 10, 1, 1], // adaptive with a parity count
+            [3, 10, 0, 1], // unknown mode
         ] {
             let mut bytes = vec![0, 0, 0, 7, 2, 4];
             bytes.extend_from_slice(&bad);
