@@ -71,6 +71,9 @@ pub struct TunnelSpec {
     pub client_dials: SocketAddr,
     /// Shards of both engines (`None`: [`NodeConfig`]'s default).
     pub shards: Option<usize>,
+    /// Further top-level YAML lines for the server's and the client's config.
+    pub server_extra: Vec<String>,
+    pub client_extra: Vec<String>,
 }
 
 impl TunnelSpec {
@@ -83,7 +86,17 @@ impl TunnelSpec {
             server_udp,
             client_dials: server_udp,
             shards: None,
+            server_extra: Vec::new(),
+            client_extra: Vec::new(),
         }
+    }
+
+    /// Adds a top-level YAML line (for example `fec: off`) to the server's and the client's
+    /// config.
+    pub fn extra(mut self, server: &str, client: &str) -> Self {
+        self.server_extra.push(server.to_owned());
+        self.client_extra.push(client.to_owned());
+        self
     }
 
     pub fn shards(mut self, shards: usize) -> Self {
@@ -121,6 +134,12 @@ impl Tunnel {
             server_config = server_config.shards(shards);
             client_config = client_config.shards(shards);
         }
+        server_config
+            .extra
+            .extend(spec.server_extra.iter().cloned());
+        client_config
+            .extra
+            .extend(spec.client_extra.iter().cloned());
         let server = Engine::start(&dir, "server", &server_config);
         let client = Engine::start(&dir, "client", &client_config);
         Self {
