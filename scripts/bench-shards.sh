@@ -6,16 +6,18 @@
 # per second, the forwarded connections each shard took, and each shard thread's CPU use.
 # Prints a markdown report to stdout; progress goes to stderr.
 #
-# Usage: scripts/bench-shards.sh [--gso-compare] [-h|--help]
+# Usage: scripts/bench-shards.sh [--gso-compare | --fec-compare] [-h|--help]
 #   (default)      one set-up per entry of SHARDS, plus kcptun, STREAMS parallel streams
 #   --gso-compare  one shard each; io_uring with GSO/GRO, io_uring without, epoll with GSO,
 #                  epoll without (`io: {backend: ..., gso: ...}`), for 1 and 8 streams
+#   --fec-compare  one shard each; `fec: off`, `fec: adaptive` and fixed 10+3 on the clean
+#                  loopback: what FEC costs the data path when there is no loss to repair
 # Environment:
 #   SHARDS="1 2"         shard counts to compare (default mode); e.g. "1 2 4 8" on a bigger box
 #   STREAMS=8            iperf3 -P; a list ("1 8") runs each; --gso-compare defaults to "1 8"
 #   RUNS=3               repetitions of each measurement
 #   SECONDS_PER_RUN=10   iperf3 duration (-t); packet and CPU rates are per this many seconds
-#   KCPTUN=1             also measure kcptun (default 0 with --gso-compare)
+#   KCPTUN=1             also measure kcptun (default 0 with --gso-compare and --fec-compare)
 #   SPLIT=0              1: for each shard count S with 2S <= nproc also a set-up with the client
 #                        engine's shards on CPUs 0..S-1 and the server's on S..2S-1 (by default
 #                        both engines put shard i on CPU i, so they share cores)
@@ -39,6 +41,7 @@ MODE=shards
 while [ $# -gt 0 ]; do
     case "$1" in
     --gso-compare) MODE=gso ;;
+    --fec-compare) MODE=fec ;;
     -h | --help)
         bench_help "$0" 30
         exit 0
@@ -51,7 +54,7 @@ done
 RUNS=${RUNS:-3}
 BUILD=${BUILD:-1}
 SHARDS=${SHARDS:-1 2}
-if [ "$MODE" = gso ]; then
+if [ "$MODE" != shards ]; then
     STREAMS=${STREAMS:-1 8}
     KCPTUN=${KCPTUN:-0}
 else
@@ -263,6 +266,11 @@ if [ "$MODE" = gso ]; then
     add_setup uring-nogso "io_uring, GSO/GRO off" io_uring false
     add_setup epoll-gso "epoll, GSO/GRO on" epoll true
     add_setup epoll-nogso "epoll, GSO/GRO off" epoll false
+elif [ "$MODE" = fec ]; then
+    add_fec() { TAGS+=("$1"); LABEL[$1]=$2; ARGS[$1]=$3; }
+    add_fec fec-off "FEC off" "fec: off"
+    add_fec fec-adaptive "FEC adaptive" "fec: adaptive"
+    add_fec fec-fixed "FEC fixed 10+3" "fec: { mode: fixed, data: 10, parity: 3 }"
 else
     for s in $SHARDS; do
         TAGS+=("s$s")
@@ -290,7 +298,7 @@ fi
 }
 prepare_engine engine ctl || exit 1
 for tag in "${TAGS[@]}"; do
-    if [ "$MODE" = gso ]; then
+    if [ "$MODE" != shards ]; then
         both="${ARGS[$tag]}"$'\n'"$BOTH_YAML"
         shards=1
     else
@@ -356,6 +364,8 @@ LABELS=$(for tag in "${TAGS[@]}"; do printf '%s\t%s\n' "$tag" "${LABEL[$tag]}"; 
     python3 -c 'import json, sys; print(json.dumps([l.rstrip("\n").split("\t") for l in sys.stdin]))')
 if [ "$MODE" = gso ]; then
     echo "### GSO/GRO and I/O backend, one shard per engine (iperf3, ${SECONDS_PER_RUN} s per run)"
+elif [ "$MODE" = fec ]; then
+    echo "### FEC settings on a clean loopback, one shard per engine (iperf3, ${SECONDS_PER_RUN} s per run)"
 else
     echo "### Shards: parallel TCP streams through two engines (iperf3, ${SECONDS_PER_RUN} s per run)"
 fi

@@ -11,8 +11,9 @@
 #   SECONDS_PER_RUN=10   iperf3 duration (-t)
 #   BUILD=1              build the engine first (cargo build --release -p engine); 0 to skip
 #   ENGINE=<path>        engine binary (default: target/release/engine)
-#   KCP_FEC=0:0          kcptun's Reed-Solomon data:parity shards; 0:0 disables FEC, which
-#                        coretun does not have either (kcptun's own default is 10:3)
+#   KCP_FEC=0:0          kcptun's Reed-Solomon data:parity shards; 0:0 disables FEC (kcptun's
+#                        own default is 10:3). coretun runs its default profile's `fec: adaptive`,
+#                        which sends no parity for a bulk transfer.
 #
 # Needs iperf3, kcptun (kcptun-client, kcptun-server) and python3: apt-get install -y iperf3 kcptun
 set -u
