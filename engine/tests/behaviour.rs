@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -65,11 +65,18 @@ fn refused_target_closes_the_client_connection_within_a_second() {
 
     let start = Instant::now();
     let mut stream = TcpStream::connect(tunnel.map_addr(MAP)).expect("connect to the map");
-    // Data makes the stream's open unavoidable whatever the engine's design.
-    stream.write_all(b"hello").expect("write to the map");
-    let closed_after = wait_closed(&mut stream, SMALL_TIMEOUT)
-        .map(|_| start.elapsed())
-        .unwrap_or_else(|e| panic!("connection to a map whose target refuses: {e}"));
+    // Data makes the stream's open unavoidable whatever the engine's design. On a busy machine
+    // the engine (which opens the stream on accept) may reset the connection before this write:
+    // closed, too.
+    let closed_after = match stream.write_all(b"hello") {
+        Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+            start.elapsed()
+        }
+        Err(e) => panic!("write to the map: {e}"),
+        Ok(()) => wait_closed(&mut stream, SMALL_TIMEOUT)
+            .map(|_| start.elapsed())
+            .unwrap_or_else(|e| panic!("connection to a map whose target refuses: {e}")),
+    };
     eprintln!("closed {closed_after:?} after connecting");
     assert!(
         closed_after < Duration::from_secs(1),
