@@ -339,6 +339,22 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The FEC gauges are floats: any finite value must read back exactly, or a stats
+        /// response would not survive its own round trip.
+        #[test]
+        fn float_gauges_round_trip(bits: u64, other: u64) {
+            let [ratio, loss] = [bits, other].map(f64::from_bits);
+            proptest::prop_assume!(ratio.is_finite() && loss.is_finite());
+            let response = Response::Stats(Stats {
+                fec_ratio: ratio,
+                fec_peer_loss: loss,
+                ..Stats::default()
+            });
+            proptest::prop_assert_eq!(Response::parse(&response.to_line()).ok(), Some(response));
+        }
+    }
+
     #[test]
     fn response_wire_format_is_tagged() {
         let line = Response::Reloaded { maps: 2 }.to_line();
