@@ -151,6 +151,7 @@ impl FecSender {
     /// Records packet `pn` (sealed, as sent). Returns the group it completed, if any; the
     /// group's parity is then waiting in [`FecSender::poll_parity`]. `backlog`: whether the
     /// sender has more data waiting right now.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_sent(
         &mut self,
         now: Instant,
