@@ -53,6 +53,12 @@ const REPORT_MIN_PACKETS: u64 = 20;
 /// At most this many groups the receiver has parity for but could not complete yet.
 const MAX_PENDING_GROUPS: usize = 256;
 
+/// Parity packets are not authenticated, so what a session keeps of them is bounded: shards no
+/// longer than this (a jumbo-frame MTU and then some)...
+const MAX_SHARD_LEN: usize = 16 * 1024;
+/// ... and at most this many shard bytes held per session; the oldest groups go first.
+const PARITY_BUDGET: usize = 1 << 20;
+
 /// How long a group stays open at most: long enough to gather a few packets of a busy flow,
 /// short against the round trip, so recovery comes long before a retransmission could.
 pub(crate) fn flush_delay(srtt: Duration) -> Duration {
@@ -362,6 +368,10 @@ struct PendingGroup {
 }
 
 impl PendingGroup {
+    fn stored_bytes(&self) -> usize {
+        self.shards.iter().flatten().map(Vec::len).sum()
+    }
+
     fn members(&self, first_pn: u64) -> impl Iterator<Item = u64> + '_ {
         (0..u64::from(self.data)).map(move |j| first_pn + j * u64::from(self.stride))
     }
@@ -441,6 +451,8 @@ pub(crate) struct FecReceiver {
     base: u64,
     span: u64,
     pending: BTreeMap<u64, PendingGroup>,
+    /// Shard bytes held in `pending`.
+    stored: usize,
     codecs: Codecs,
     spare: Vec<Vec<u8>>,
     meter: LossMeter,
@@ -463,6 +475,7 @@ impl FecReceiver {
             // arrives (other lanes, reordering).
             span: (2 * data * u64::from(config.interleave.max(1))).max(64),
             pending: BTreeMap::new(),
+            stored: 0,
             codecs: Codecs::default(),
             spare: Vec::new(),
             meter: LossMeter {
@@ -554,7 +567,13 @@ impl FecReceiver {
             if !group.done {
                 self.groups_unrecoverable += 1;
             }
-            self.pending.pop_first();
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((_, group)) = self.pending.pop_first() {
+            self.stored -= group.stored_bytes();
         }
     }
 
@@ -568,7 +587,9 @@ impl FecReceiver {
         out: &mut Recovered,
     ) {
         let first = crate::wire::decode_packet_number(largest, header.first_pn);
-        if first < self.base {
+        // Only groups that can touch the window: anything else is stale or made up.
+        let end = self.base + self.window.len() as u64;
+        if first < self.base || first > end + self.span || shard.len() > MAX_SHARD_LEN {
             return;
         }
         let group = self.pending.entry(first).or_insert_with(|| PendingGroup {
@@ -592,9 +613,10 @@ impl FecReceiver {
             && slot.is_none()
         {
             *slot = Some(shard.to_vec());
+            self.stored += shard.len();
         }
-        if self.pending.len() > MAX_PENDING_GROUPS {
-            self.pending.pop_first();
+        while self.pending.len() > MAX_PENDING_GROUPS || self.stored > PARITY_BUDGET {
+            self.pop_oldest();
         }
         self.try_recover(first, out);
     }
@@ -618,18 +640,15 @@ impl FecReceiver {
             }
         }
         if missing == 0 {
-            if let Some(g) = self.pending.get_mut(&first) {
-                g.done = true;
-            }
+            self.finish(first);
             return;
         }
         if data - missing + parity_have < data {
             return;
         }
-        let Some(group) = self.pending.get_mut(&first) else {
+        let Some(group) = self.pending.get(&first) else {
             return;
         };
-        group.done = true;
         let (shape, shard_len) = ((group.data, group.parity), group.shard_len);
         let total = data + usize::from(group.parity);
         let mut shards: Vec<Vec<u8>> = vec![vec![0u8; shard_len]; total];
@@ -659,6 +678,8 @@ impl FecReceiver {
                 _ => lost.push(j),
             }
         }
+        // One attempt per group, whatever comes of it: later shards are ignored.
+        self.finish(first);
         let Some(codec) = self.codecs.get(shape.0, shape.1) else {
             return;
         };
@@ -675,6 +696,18 @@ impl FecReceiver {
                 {
                     out.push(packet.to_vec());
                 }
+            }
+        }
+    }
+
+    /// Marks group `first` done and lets its shards go (the group stays, so late shards of it
+    /// are recognised and ignored).
+    fn finish(&mut self, first: u64) {
+        if let Some(group) = self.pending.get_mut(&first) {
+            self.stored -= group.stored_bytes();
+            group.done = true;
+            for s in &mut group.shards {
+                *s = None;
             }
         }
     }
@@ -918,6 +951,56 @@ mod tests {
         let (rx2, out2) = receive(config, &packets, &parity, |_| true, |_| true);
         assert!(out2.is_empty());
         assert_eq!(rx2.groups_unrecoverable, 0);
+    }
+
+    #[test]
+    fn forged_parity_cannot_make_a_session_hold_much() {
+        let config = fixed(64, 32, 8);
+        let t0 = Instant::now();
+        let mut rx = FecReceiver::new(config);
+        let mut out = Vec::new();
+        let copy = rx.copy(&packet(0, 10));
+        rx.on_packet(t0, 0, copy, false, &mut out);
+        let shard = vec![0u8; MAX_SHARD_LEN];
+        for first in 0..2000u32 {
+            for index in 0..32 {
+                let h = ParityHeader {
+                    session_id: SID,
+                    first_pn: first,
+                    stride: 8,
+                    data: 64,
+                    parity: 32,
+                    index,
+                };
+                rx.on_parity(&h, &shard, Some(0), &mut out);
+            }
+        }
+        assert!(rx.stored <= PARITY_BUDGET, "{}", rx.stored);
+        assert!(rx.pending.len() <= MAX_PENDING_GROUPS);
+        let held: usize = rx.pending.values().map(PendingGroup::stored_bytes).sum();
+        assert_eq!(held, rx.stored);
+        // Too long a shard, or a group far from the window, is not kept at all.
+        let h = ParityHeader {
+            session_id: SID,
+            first_pn: 1,
+            stride: 1,
+            data: 1,
+            parity: 1,
+            index: 0,
+        };
+        let before = rx.stored;
+        rx.on_parity(&h, &vec![0u8; MAX_SHARD_LEN + 1], Some(0), &mut out);
+        rx.on_parity(
+            &ParityHeader {
+                first_pn: 1 << 30,
+                ..h
+            },
+            &[0, 0],
+            Some(0),
+            &mut out,
+        );
+        assert_eq!(rx.stored, before);
+        assert!(out.is_empty());
     }
 
     #[test]
