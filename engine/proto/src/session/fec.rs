@@ -238,7 +238,9 @@ impl FecSender {
                 protected = true;
             }
         }
-        if data > 0 {
+        // ACK-only groups need no protection and decide nothing: the ratio is that of the last
+        // group that carried something to protect.
+        if data > 0 && eliciting {
             self.last_ratio = if protected {
                 f64::from(parity) / data as f64
             } else {
