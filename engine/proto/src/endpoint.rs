@@ -115,7 +115,7 @@ fn encode_params(id: SessionId, name: Option<&str>, fec: FecConfig) -> Vec<u8> {
     let params = HandshakeParams {
         session_id: id,
         name,
-        fec,
+        fec: Some(fec),
     };
     let mut out = Vec::with_capacity(params.encoded_len());
     // Cannot fail: ids are never NONE, the name was cut to size in `Endpoint::new` and the FEC
@@ -129,6 +129,8 @@ struct PeerParams {
     id: SessionId,
     name: Option<String>,
     fec: FecConfig,
+    /// It sent no FEC parameter: a version from before FEC, which cannot understand a refusal.
+    predates_fec: bool,
 }
 
 /// The peer's parameters, or None if they are unusable.
@@ -137,7 +139,8 @@ fn decode_params(payload: &[u8]) -> Option<PeerParams> {
     Some(PeerParams {
         id: p.session_id,
         name: p.name.map(str::to_owned),
-        fec: p.fec,
+        fec: p.fec.unwrap_or(FecConfig::OFF),
+        predates_fec: p.fec.is_none(),
     })
 }
 
@@ -370,6 +373,9 @@ impl Endpoint {
         if peer.fec != self.config.session.fec {
             // Answered all the same (without a session): our settings in message 2 let the
             // dialler report the mismatch instead of retrying until its handshake times out.
+            // Not a peer from before FEC: it would ignore our settings, take the answer for a
+            // session, and redial at once on the reset its first packet earns; unanswered, it
+            // times out and backs off.
             self.stats.fec_mismatches += 1;
             self.events.push_back(Event {
                 session: SessionId::NONE,
@@ -379,8 +385,10 @@ impl Endpoint {
                     peer: peer.name,
                 }),
             });
-            let packet = handshake_packet(PacketType::HandshakeResponse, peer.id, &msg2);
-            self.outgoing.push_back((from, packet));
+            if !peer.predates_fec {
+                let packet = handshake_packet(PacketType::HandshakeResponse, peer.id, &msg2);
+                self.outgoing.push_back((from, packet));
+            }
             return;
         }
         let remote_id = peer.id;

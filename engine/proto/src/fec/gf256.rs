@@ -15,12 +15,23 @@ use reed_solomon_erasure::galois_8::{div, mul};
 use super::{ErasureCode, FecError, check_encode, check_group, pair_mut};
 
 /// Whether `reed-solomon-erasure`'s C kernels may run here. With `simd-accel` they are compiled
-/// for x86-64 with `-march=haswell` (AVX2) and would fault on an older CPU, so there the
-/// portable loops below take over (same results, slower).
+/// for x86-64 with `-march=haswell` and would fault on a CPU without that instruction set, so
+/// there the portable loops below take over (same results, slower).
 fn simd_kernels_usable() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2")
+        static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        // What -march=haswell lets the compiler use, vector and scalar.
+        *USABLE.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("bmi1")
+                && std::arch::is_x86_feature_detected!("bmi2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("lzcnt")
+                && std::arch::is_x86_feature_detected!("movbe")
+                && std::arch::is_x86_feature_detected!("popcnt")
+                && std::arch::is_x86_feature_detected!("f16c")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

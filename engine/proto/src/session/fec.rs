@@ -5,7 +5,9 @@
 //! recovered from parity is therefore handed to the normal receive path: it must authenticate,
 //! pass the replay window, and is acknowledged like any other packet, so the sender never
 //! retransmits it. Parity itself is not sealed (see [`ParityHeader`]): a forged shard can only
-//! produce a packet that fails the AEAD.
+//! produce a packet that fails the AEAD, or spoil one group's recovery (one attempt per group).
+//! What a forger can make the receiver keep or compute is bounded: parity of the agreed shape
+//! only, for groups near the window, [`MAX_SHARD_LEN`] per shard, [`PARITY_BUDGET`] in all.
 //!
 //! **Groups.** Every packet of the session belongs to one: packet number `n` goes to lane
 //! `n mod interleave`, and each lane collects consecutive packets of its own into a group until
@@ -448,6 +450,8 @@ impl LossMeter {
 
 #[derive(Debug)]
 pub(crate) struct FecReceiver {
+    /// The negotiated settings (the same on both ends): parity of any other shape is refused.
+    config: FecConfig,
     /// Sealed copies of recent packets, by packet number from `base`.
     window: VecDeque<Option<Vec<u8>>>,
     base: u64,
@@ -471,6 +475,7 @@ impl FecReceiver {
             FecMode::Fixed { data, .. } | FecMode::Adaptive { data } => data,
         }));
         Self {
+            config,
             window: VecDeque::new(),
             base: 0,
             // Room for the widest group plus the packets sent after it before its parity
@@ -489,11 +494,17 @@ impl FecReceiver {
     }
 
     /// A buffer holding a copy of `packet`, taken before it is decrypted in place.
-    pub fn copy(&mut self, packet: &[u8]) -> Vec<u8> {
+    /// A copy of `packet`, taken before it is decrypted in place; None for a datagram too long
+    /// to be a member of any group (it is not authenticated yet, and a buffer that size would
+    /// stay in the pool).
+    pub fn copy(&mut self, packet: &[u8]) -> Option<Vec<u8>> {
+        if packet.len() + crate::fec::LEN_PREFIX > MAX_SHARD_LEN {
+            return None;
+        }
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(packet);
-        buf
+        Some(buf)
     }
 
     /// The copy did not authenticate: recycle it.
@@ -550,6 +561,15 @@ impl FecReceiver {
     /// Moves the window so that it ends at `pn`, dropping (and judging) what falls out.
     fn advance(&mut self, pn: u64) {
         let end = self.base + self.window.len() as u64;
+        if pn >= end + self.span {
+            // A jump past the whole window (an authenticated peer may skip numbers): start over
+            // rather than walk every number in between.
+            for buf in self.window.drain(..).flatten() {
+                self.spare.push(buf);
+            }
+            self.base = pn + 1 - self.span;
+        }
+        let end = self.base + self.window.len() as u64;
         if pn >= end {
             for _ in end..=pn {
                 self.window.push_back(None);
@@ -589,9 +609,15 @@ impl FecReceiver {
         out: &mut Recovered,
     ) {
         let first = crate::wire::decode_packet_number(largest, header.first_pn);
-        // Only groups that can touch the window: anything else is stale or made up.
+        // Only groups that can touch the window, of the shape both ends agreed: anything else
+        // is stale or made up (parity is not authenticated, so this bounds what a forger can
+        // make us keep or compute).
         let end = self.base + self.window.len() as u64;
-        if first < self.base || first > end + self.span || shard.len() > MAX_SHARD_LEN {
+        if first < self.base
+            || first > end + self.span
+            || shard.len() > MAX_SHARD_LEN
+            || !self.shape_allowed(header)
+        {
             return;
         }
         let group = self.pending.entry(first).or_insert_with(|| PendingGroup {
@@ -702,6 +728,15 @@ impl FecReceiver {
         }
     }
 
+    fn shape_allowed(&self, h: &ParityHeader) -> bool {
+        let (max_data, max_parity) = match self.config.mode {
+            FecMode::Off => return false,
+            FecMode::Fixed { data, parity } => (data, parity),
+            FecMode::Adaptive { data } => (data, FecConfig::MAX_PARITY),
+        };
+        h.stride == self.config.interleave && h.data <= max_data && h.parity <= max_parity
+    }
+
     /// Marks group `first` done and lets its shards go (the group stays, so late shards of it
     /// are recognised and ignored).
     fn finish(&mut self, first: u64) {
@@ -803,7 +838,7 @@ mod tests {
         let mut largest = None;
         for (pn, p) in packets.iter().enumerate() {
             if keep_packet(pn) {
-                let copy = rx.copy(p);
+                let copy = rx.copy(p).unwrap();
                 rx.on_packet(t0, pn as u64, copy, false, &mut out);
                 largest = Some(pn as u64);
             }
@@ -924,7 +959,7 @@ mod tests {
         let mut rx = FecReceiver::new(config);
         let mut out = Vec::new();
         for pn in [0u64, 2, 3] {
-            let copy = rx.copy(&packets[pn as usize]);
+            let copy = rx.copy(&packets[pn as usize]).unwrap();
             rx.on_packet(t0, pn, copy, false, &mut out);
         }
         // A forged shard of the same group but another shape: ignored, the real one still works.
@@ -961,7 +996,7 @@ mod tests {
         let t0 = Instant::now();
         let mut rx = FecReceiver::new(config);
         let mut out = Vec::new();
-        let copy = rx.copy(&packet(0, 10));
+        let copy = rx.copy(&packet(0, 10)).unwrap();
         rx.on_packet(t0, 0, copy, false, &mut out);
         let shard = vec![0u8; MAX_SHARD_LEN];
         for first in 0..2000u32 {
@@ -1013,14 +1048,14 @@ mod tests {
         let mut rx = FecReceiver::new(config);
         let mut out = Vec::new();
         for pn in [0u64, 3] {
-            let copy = rx.copy(&packets[pn as usize]);
+            let copy = rx.copy(&packets[pn as usize]).unwrap();
             rx.on_packet(t0, pn, copy, false, &mut out);
         }
         let (h, shard) = ParityHeader::parse(&parity[0]).unwrap();
         rx.on_parity(&h, shard, Some(3), &mut out);
         assert!(out.is_empty(), "two lost, one parity");
         // Much later traffic pushes the group out of the window.
-        let copy = rx.copy(&packet(1000, 10));
+        let copy = rx.copy(&packet(1000, 10)).unwrap();
         rx.on_packet(t0, 1000, copy, false, &mut out);
         assert_eq!(rx.groups_unrecoverable, 1);
     }
@@ -1038,7 +1073,7 @@ mod tests {
                 pn += 2;
                 continue;
             }
-            let copy = rx.copy(&packet(pn, 10));
+            let copy = rx.copy(&packet(pn, 10)).unwrap();
             rx.on_packet(t0, pn, copy, false, &mut out);
             pn += 1;
         }

@@ -384,8 +384,10 @@ impl Session {
 
     /// Handles a parity packet (type 5) addressed to this session. Malformed ones are dropped
     /// and counted; duplicate and late shards change nothing.
-    pub(crate) fn handle_parity(&mut self, now: Instant, _from: SocketAddr, packet: &[u8]) {
-        if self.state != State::Established {
+    pub(crate) fn handle_parity(&mut self, now: Instant, from: SocketAddr, packet: &[u8]) {
+        // Parity is not authenticated: only from where the peer's packets come, and only once
+        // the peer proved it holds the keys.
+        if self.state != State::Established || !self.confirmed || from != self.remote {
             return;
         }
         let Some(rx) = self.fec_rx.as_mut() else {
@@ -427,7 +429,7 @@ impl Session {
             return;
         }
         // FEC works on sealed packets: keep this one as it came, before it is opened in place.
-        let copy = self.fec_rx.as_mut().map(|rx| rx.copy(packet));
+        let copy = self.fec_rx.as_mut().and_then(|rx| rx.copy(packet));
         let (head, body) = packet.split_at_mut(header_len);
         let Ok(plain) = self.rx.open(pn, header.key_phase, head, body) else {
             if let (Some(rx), Some(copy)) = (self.fec_rx.as_mut(), copy) {
@@ -457,8 +459,11 @@ impl Session {
                 }
             }
         }
-        self.stats.packets_received += 1;
-        self.stats.bytes_received += packet_len(header_len, plain.len());
+        if !recovered {
+            // A rebuilt packet never arrived: it is counted in `fec_packets_recovered` only.
+            self.stats.packets_received += 1;
+            self.stats.bytes_received += packet_len(header_len, plain.len());
+        }
         self.last_received = now;
         if from != self.remote && self.acks.largest().is_none_or(|l| pn > l) {
             // The peer's NAT rebound (or it moved); it proved itself by authenticating, and

@@ -369,3 +369,34 @@ fn a_packet_rebuilt_from_parity_is_acknowledged_not_retransmitted() {
         "{c:?}"
     );
 }
+
+/// A dialler from before FEC (its parameters are the bare session id) cannot understand a
+/// refusal: a node with FEC on does not answer it at all (so it times out and backs off instead
+/// of taking the answer for a session), and says why.
+#[test]
+fn a_dialler_from_before_fec_gets_no_answer_from_a_node_with_fec_on() {
+    let (_, mut server) = fec_endpoints(crate::FecConfig::OFF, crate::FecConfig::ADAPTIVE);
+    let now = Instant::now();
+    let mut msg1 = Vec::new();
+    let _initiator = crate::crypto::Initiator::start(
+        &Psk::from_bytes([5; 32]),
+        [9; 32],
+        &[0, 0, 0, 7],
+        &mut msg1,
+    )
+    .unwrap();
+    let mut packet = vec![0u8; crate::wire::Header::HANDSHAKE_LEN];
+    crate::wire::Header::handshake(crate::wire::PacketType::HandshakeInit, SessionId(0))
+        .emit(&mut crate::wire::Writer::new(&mut packet))
+        .unwrap();
+    packet.extend_from_slice(&msg1);
+    server.handle_datagram(now, "127.0.0.1:1".parse().unwrap(), &mut packet);
+    let mut buf = vec![0u8; 2048];
+    assert!(server.poll_transmit(now, &mut buf).is_none());
+    assert!(server.sessions().next().is_none());
+    assert_eq!(server.stats().fec_mismatches, 1);
+    assert!(matches!(
+        server.poll_event().map(|e| e.kind),
+        Some(SessionEvent::Closed(CloseReason::FecMismatch { .. }))
+    ));
+}

@@ -150,7 +150,8 @@ impl Header {
 /// ```
 ///
 /// The header is not authenticated. A forged or damaged parity shard can only make recovery
-/// produce a packet that fails the AEAD, which is dropped and counted like any forgery.
+/// produce a packet that fails the AEAD, which is dropped and counted like any forgery, or
+/// spoil the recovery of its group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParityHeader {
     pub session_id: SessionId,

@@ -10,7 +10,8 @@
 //!
 //! * 1, node name: UTF-8, at most [`MAX_NODE_NAME_LEN`] bytes.
 //! * 2, FEC settings, 4 bytes: mode (0 off, 1 fixed, 2 adaptive), data, parity (0 unless
-//!   fixed), interleave. Sent only when FEC is on; absent means off. Values outside
+//!   fixed), interleave (with mode 0 the other three are ignored). Sent by every version that
+//!   knows FEC, off included, so its absence marks a peer from before FEC. Values outside
 //!   [`FecConfig::validate`] make the payload invalid.
 //!
 //! Unknown types are skipped, so later versions can add parameters (FEC negotiation, say)
@@ -44,7 +45,7 @@ fn decode_fec(v: &[u8]) -> Result<FecConfig, WireError> {
         return Err(WireError::Malformed);
     };
     let mode = match (mode, parity) {
-        (0, _) => FecMode::Off,
+        (0, _) => return Ok(FecConfig::OFF),
         (1, _) => FecMode::Fixed { data, parity },
         (2, 0) => FecMode::Adaptive { data },
         _ => return Err(WireError::Malformed),
@@ -61,8 +62,8 @@ pub struct HandshakeParams<'a> {
     pub session_id: SessionId,
     /// The sender's node name, if it has one.
     pub name: Option<&'a str>,
-    /// The sender's FEC settings ([`FecConfig::OFF`] when it sent none).
-    pub fec: FecConfig,
+    /// The sender's FEC settings; None from a peer that predates FEC (which has it off).
+    pub fec: Option<FecConfig>,
 }
 
 impl<'a> HandshakeParams<'a> {
@@ -75,7 +76,7 @@ impl<'a> HandshakeParams<'a> {
         if self.name.is_some_and(|n| n.len() > MAX_NODE_NAME_LEN) {
             return Err(WireError::Malformed);
         }
-        if self.fec.validate().is_err() {
+        if self.fec.is_some_and(|f| f.validate().is_err()) {
             return Err(WireError::Malformed);
         }
         let mut buf = [0u8; 4 + 2 + 1 + MAX_NODE_NAME_LEN + FEC_PARAM_LEN];
@@ -86,10 +87,10 @@ impl<'a> HandshakeParams<'a> {
             w.varint(name.len() as u64)?;
             w.bytes(name.as_bytes())?;
         }
-        if self.fec.is_on() {
+        if let Some(fec) = &self.fec {
             w.varint(PARAM_FEC)?;
             w.varint(4)?;
-            w.bytes(&encode_fec(&self.fec))?;
+            w.bytes(&encode_fec(fec))?;
         }
         out.extend_from_slice(w.written());
         Ok(())
@@ -99,7 +100,7 @@ impl<'a> HandshakeParams<'a> {
     pub fn encoded_len(&self) -> usize {
         4 + self.name.map_or(0, |n| {
             varint_len(PARAM_NAME) + varint_len(n.len() as u64) + n.len()
-        }) + if self.fec.is_on() { FEC_PARAM_LEN } else { 0 }
+        }) + if self.fec.is_some() { FEC_PARAM_LEN } else { 0 }
     }
 
     /// Parses a peer's parameters. Never panics; see the module documentation for what is
@@ -131,7 +132,7 @@ impl<'a> HandshakeParams<'a> {
         Ok(Self {
             session_id,
             name,
-            fec: fec.unwrap_or(FecConfig::OFF),
+            fec,
         })
     }
 }
@@ -155,7 +156,7 @@ mod tests {
         let p = HandshakeParams {
             session_id: SessionId(0x0102_0304),
             name: None,
-            fec: FecConfig::OFF,
+            fec: None,
         };
         assert_eq!(encode(&p), [1, 2, 3, 4]);
         assert_eq!(HandshakeParams::decode(&[1, 2, 3, 4]), Ok(p));
@@ -166,7 +167,7 @@ mod tests {
         let p = HandshakeParams {
             session_id: SessionId(7),
             name: Some("edge-1.fra"),
-            fec: FecConfig::OFF,
+            fec: None,
         };
         let mut bytes = encode(&p);
         assert_eq!(HandshakeParams::decode(&bytes), Ok(p));
@@ -182,7 +183,7 @@ mod tests {
         let empty = HandshakeParams {
             session_id: SessionId(7),
             name: Some(""),
-            fec: FecConfig::OFF,
+            fec: None,
         };
         assert_eq!(HandshakeParams::decode(&encode(&empty)), Ok(empty));
     }
@@ -193,14 +194,14 @@ mod tests {
         let ok = HandshakeParams {
             session_id: SessionId(7),
             name: Some(&max),
-            fec: FecConfig::OFF,
+            fec: None,
         };
         assert_eq!(HandshakeParams::decode(&encode(&ok)), Ok(ok));
         let long = "x".repeat(MAX_NODE_NAME_LEN + 1);
         let too_long = HandshakeParams {
             session_id: SessionId(7),
             name: Some(&long),
-            fec: FecConfig::OFF,
+            fec: None,
         };
         let mut out = Vec::new();
         assert_eq!(too_long.encode(&mut out), Err(WireError::Malformed));
@@ -241,7 +242,7 @@ mod tests {
         let null = HandshakeParams {
             session_id: SessionId::NONE,
             name: None,
-            fec: FecConfig::OFF,
+            fec: None,
         };
         assert_eq!(null.encode(&mut out), Err(WireError::Malformed));
     }
@@ -249,6 +250,7 @@ mod tests {
     #[test]
     fn fec_settings_round_trip_and_bad_ones_are_rejected() {
         for fec in [
+            FecConfig::OFF,
             FecConfig::ADAPTIVE,
             FecConfig {
                 mode: FecMode::Fixed {
@@ -265,14 +267,17 @@ mod tests {
             let p = HandshakeParams {
                 session_id: SessionId(7),
                 name: Some("a"),
-                fec,
+                fec: Some(fec),
             };
             assert_eq!(HandshakeParams::decode(&encode(&p)), Ok(p));
         }
-        // Off is not sent at all, so older peers see what they always saw.
+        // A peer from before FEC sends nothing; off is sent, and normalised.
+        assert_eq!(HandshakeParams::decode(&[0, 0, 0, 7]).unwrap().fec, None);
         assert_eq!(
-            HandshakeParams::decode(&[0, 0, 0, 7]).unwrap().fec,
-            FecConfig::OFF
+            HandshakeParams::decode(&[0, 0, 0, 7, 2, 4, 0, 9, 9, 5])
+                .unwrap()
+                .fec,
+            Some(FecConfig::OFF)
         );
         for bad in [
             [1, 10, 0, 1], // fixed without parity
@@ -310,7 +315,7 @@ mod tests {
         #[test]
         fn any_valid_name_round_trips(id in 1u32.., name in "\\PC{0,16}") {
             prop_assume!(name.len() <= MAX_NODE_NAME_LEN);
-            let p = HandshakeParams { session_id: SessionId(id), name: Some(&name), fec: FecConfig::OFF };
+            let p = HandshakeParams { session_id: SessionId(id), name: Some(&name), fec: None };
             let bytes = encode(&p);
             prop_assert_eq!(HandshakeParams::decode(&bytes), Ok(p));
         }
