@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use engine_proto::crypto::{Psk, RekeyLimits, RxKeys, SessionKeys, TAG_LEN, TxKeys, respond};
-use engine_proto::wire::{FrameIter, Header, PacketType, SessionId, Writer, decode_packet_number};
-use engine_proto::{Endpoint, EndpointConfig, Event, SessionEvent};
+use engine_proto::wire::{
+    FrameIter, HandshakeParams, Header, PacketType, SessionId, Writer, decode_packet_number,
+};
+use engine_proto::{Endpoint, EndpointConfig, Event, FecConfig, SessionEvent};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -158,7 +160,8 @@ impl Net {
         let msg1 = self.transmit_raw(0);
         self.endpoints[1].handle_datagram(self.now, addr(0), &mut msg1.clone());
         let msg2 = self.transmit_raw(1);
-        let (b_id, keys) = acceptor_keys(&msg1, &msg2);
+        let fec = self.endpoints[1].config().session.fec;
+        let (b_id, keys) = acceptor_keys(&msg1, &msg2, fec);
         self.ids = [a_id, b_id];
         // The acceptor's tx secret protects B -> A, its rx secret A -> B.
         self.secrets = [keys.rx_secret, keys.tx_secret];
@@ -420,24 +423,24 @@ impl Net {
 ///
 /// Fixed seeds make every run's handshake the same, and X25519 under coverage instrumentation
 /// is most of a run's cost, so the answer is computed once and reused while the messages match.
-fn acceptor_keys(msg1: &[u8], msg2: &[u8]) -> (SessionId, SessionKeys) {
+fn acceptor_keys(msg1: &[u8], msg2: &[u8], fec: FecConfig) -> (SessionId, SessionKeys) {
     type Cached = (Vec<u8>, Vec<u8>, SessionId, SessionKeys);
     static CACHE: OnceLock<Cached> = OnceLock::new();
     let (m1, m2, id, keys) = CACHE.get_or_init(|| {
-        let (id, keys) = compute_acceptor_keys(msg1, msg2);
+        let (id, keys) = compute_acceptor_keys(msg1, msg2, fec);
         (msg1.to_vec(), msg2.to_vec(), id, keys)
     });
     if m1 == msg1 && m2 == msg2 {
         (*id, keys.clone())
     } else {
-        compute_acceptor_keys(msg1, msg2)
+        compute_acceptor_keys(msg1, msg2, fec)
     }
 }
 
 /// Recomputes the acceptor's side of the handshake: its session id and keys. The acceptor's
 /// endpoint RNG draws a session id, then a handshake seed; the Noise split keys depend only on
 /// the key, the ephemerals and their DH, so answering `msg1` with the same seed yields them.
-fn compute_acceptor_keys(msg1: &[u8], msg2: &[u8]) -> (SessionId, SessionKeys) {
+fn compute_acceptor_keys(msg1: &[u8], msg2: &[u8], fec: FecConfig) -> (SessionId, SessionKeys) {
     let mut rng = ChaCha20Rng::from_seed(SEEDS[1]);
     let local = loop {
         let id = SessionId::new(0, rng.next_u32());
@@ -453,7 +456,18 @@ fn compute_acceptor_keys(msg1: &[u8], msg2: &[u8]) -> (SessionId, SessionKeys) {
         seed,
         &msg1[Header::HANDSHAKE_LEN..],
         &mut out,
-        |_| local.0.to_be_bytes().to_vec(),
+        |_| {
+            // What the acceptor's endpoint sends: its session id and its FEC setting.
+            let mut params = Vec::new();
+            HandshakeParams {
+                session_id: local,
+                name: None,
+                fec: Some(fec),
+            }
+            .encode(&mut params)
+            .expect("the harness's parameters encode");
+            params
+        },
     )
     .expect("the harness's own handshake message 1 authenticates");
     assert_eq!(
