@@ -39,6 +39,8 @@ pub(crate) struct Impairer {
     rng: ChaCha8Rng,
     /// When the bottleneck has sent everything accepted so far (its queue is empty).
     link_free_at: Option<Instant>,
+    /// The Gilbert-Elliott chain is in its bad (losing) state.
+    in_burst: bool,
 }
 
 impl Impairer {
@@ -47,6 +49,7 @@ impl Impairer {
             config,
             rng: ChaCha8Rng::seed_from_u64(seed),
             link_free_at: None,
+            in_burst: false,
         }
     }
 
@@ -56,6 +59,21 @@ impl Impairer {
     pub(crate) fn decide(&mut self, now: Instant, len: usize) -> Verdict {
         if self.chance(self.config.loss) {
             return Verdict::DropLoss;
+        }
+        if let Some(burst) = self.config.burst_loss {
+            // The chain moves first, then the datagram shares the fate of the state it is in.
+            let (good_to_bad, bad_to_good) = burst.transitions();
+            let flip = if self.in_burst {
+                bad_to_good
+            } else {
+                good_to_bad
+            };
+            if self.chance(flip) {
+                self.in_burst = !self.in_burst;
+            }
+            if self.in_burst {
+                return Verdict::DropLoss;
+            }
         }
         // The bottleneck serialises datagrams one after another; a datagram that would wait
         // longer than the queue's length in time finds the queue full.
@@ -155,6 +173,25 @@ mod tests {
         assert!(a == same, "same seed, same verdicts");
         let other = run(t0, config, 8, 100_000);
         assert!(a != other, "another seed, other verdicts");
+    }
+
+    #[test]
+    fn burst_loss_has_the_asked_rate_and_burst_length() {
+        let config = Impairment {
+            burst_loss: Some(crate::impair::BurstLoss {
+                mean_loss: 0.03,
+                mean_burst: 3.0,
+            }),
+            ..Impairment::default()
+        };
+        let v = run(Instant::now(), config, 11, 400_000);
+        let lost: Vec<bool> = v.iter().map(|v| *v == Verdict::DropLoss).collect();
+        let losses = lost.iter().filter(|l| **l).count();
+        let bursts = lost.windows(2).filter(|w| w[1] && !w[0]).count() + usize::from(lost[0]);
+        let rate = losses as f64 / lost.len() as f64;
+        let mean_burst = losses as f64 / bursts as f64;
+        assert!((0.027..=0.033).contains(&rate), "loss {rate}");
+        assert!((2.8..=3.2).contains(&mean_burst), "burst {mean_burst}");
     }
 
     #[test]

@@ -16,19 +16,19 @@
 
 mod decide;
 pub mod parse;
+pub(crate) mod schedule;
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 use std::{fmt, ops};
 
-use decide::{Impairer, Verdict};
+use schedule::Direction;
 
 /// A client flow with no datagram either way for this long is forgotten (its upstream-side
 /// socket closed); the client's next datagram opens a new one.
@@ -37,8 +37,6 @@ pub const FLOW_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(20);
 /// How often the client side looks for idle flows.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// A release this much after its due time counts in [`RelayStats::late_releases`].
-const LATE: Duration = Duration::from_millis(1);
 /// Requested socket buffer size (the kernel caps it at `net.core.{r,w}mem_max`): bursts of a
 /// fast sender must not overflow the relay's receive queue while its threads are descheduled.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -50,6 +48,8 @@ const MAX_DATAGRAM: usize = 65536;
 pub struct Impairment {
     /// Probability (0.0..=1.0) that a datagram is dropped.
     pub loss: f64,
+    /// Gilbert-Elliott burst loss on top of `loss`: see [`BurstLoss`].
+    pub burst_loss: Option<BurstLoss>,
     pub delay: Duration,
     /// Each datagram gets `delay` + uniform(0..=`jitter`), so jitter also reorders.
     pub jitter: Duration,
@@ -66,10 +66,31 @@ pub struct Impairment {
     pub queue: Duration,
 }
 
+/// The simple Gilbert model: a good state that loses nothing and a bad one that loses every
+/// datagram, clocked per datagram. From the long-run loss rate and the mean number of datagrams
+/// lost in a row: bad -> good with `1 / mean_burst`, good -> bad with
+/// `mean_loss / (mean_burst * (1 - mean_loss))`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BurstLoss {
+    pub mean_loss: f64,
+    pub mean_burst: f64,
+}
+
+impl BurstLoss {
+    /// (good -> bad, bad -> good) transition probabilities.
+    pub fn transitions(&self) -> (f64, f64) {
+        let burst = self.mean_burst.max(1.0);
+        let loss = self.mean_loss.clamp(0.0, 0.999);
+        let bad_to_good = 1.0 / burst;
+        ((loss * bad_to_good / (1.0 - loss)).min(1.0), bad_to_good)
+    }
+}
+
 impl Default for Impairment {
     fn default() -> Self {
         Self {
             loss: 0.0,
+            burst_loss: None,
             delay: Duration::ZERO,
             jitter: Duration::ZERO,
             reorder: 0.0,
@@ -185,11 +206,15 @@ impl Relay {
             ("impair-down", Side::ToClient),
         ] {
             let shared = Arc::clone(&relay.shared);
-            relay.threads.push(
-                thread::Builder::new()
-                    .name(name.into())
-                    .spawn(move || run_scheduler(&shared, side))?,
-            );
+            relay
+                .threads
+                .push(thread::Builder::new().name(name.into()).spawn(move || {
+                    let dir = shared.direction(side);
+                    dir.run_scheduler(
+                        || shared.stopping(),
+                        |dest, data| shared.release(dir, dest, data),
+                    );
+                })?);
         }
         let shared = Arc::clone(&relay.shared);
         relay.threads.push(
@@ -231,10 +256,7 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.shared.stop.store(true, Relaxed);
         for dir in [&self.shared.to_upstream, &self.shared.to_client] {
-            // Taking the lock orders the flag before a scheduler's next check, so the
-            // notification cannot fall between its check and its wait.
-            drop(lock(&dir.queue));
-            dir.wake.notify_all();
+            dir.wake_for_stop();
         }
         for t in self.threads.drain(..) {
             // A panicked thread has nothing left to stop.
@@ -247,8 +269,8 @@ impl Drop for Relay {
 struct Shared {
     listen: UdpSocket,
     upstream: SocketAddr,
-    to_upstream: Direction,
-    to_client: Direction,
+    to_upstream: Direction<Dest>,
+    to_client: Direction<Dest>,
     stop: AtomicBool,
     blackhole: AtomicBool,
     /// Origin of the flows' last-seen timestamps.
@@ -256,7 +278,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn direction(&self, side: Side) -> &Direction {
+    fn direction(&self, side: Side) -> &Direction<Dest> {
         match side {
             Side::ToUpstream => &self.to_upstream,
             Side::ToClient => &self.to_client,
@@ -271,23 +293,18 @@ impl Shared {
         self.stop.load(Relaxed)
     }
 
-    /// Sends one due datagram.
-    fn release(&self, dir: &Direction, s: Scheduled) {
+    /// Sends one due datagram; whether it went out.
+    fn release(&self, dir: &Direction<Dest>, dest: &Dest, data: &[u8]) -> bool {
         if self.blackhole.load(Relaxed) {
             dir.counters.dropped_loss.fetch_add(1, Relaxed);
-            return;
+            return false;
         }
-        if Instant::now().saturating_duration_since(s.release) > LATE {
-            dir.counters.late_releases.fetch_add(1, Relaxed);
-        }
-        let sent = match &s.dest {
-            Dest::Upstream(socket) => socket.send(&s.data),
-            Dest::Client(addr) => self.listen.send_to(&s.data, addr),
+        let sent = match dest {
+            Dest::Upstream(socket) => socket.send(data),
+            Dest::Client(addr) => self.listen.send_to(data, addr),
         };
         // A failed send (e.g. the upstream's port is closed) is a datagram lost on the path.
-        if sent.is_ok() {
-            dir.counters.forwarded.fetch_add(1, Relaxed);
-        }
+        sent.is_ok()
     }
 }
 
@@ -297,110 +314,6 @@ enum Side {
     ToClient,
 }
 
-/// One direction: its decisions, its release heap and its counters.
-struct Direction {
-    queue: Mutex<Queue>,
-    /// Signalled when a datagram becomes the earliest release, and on stop.
-    wake: Condvar,
-    counters: Counters,
-}
-
-struct Queue {
-    impairer: Impairer,
-    heap: BinaryHeap<Scheduled>,
-    /// Tie-break for equal release times: first in, first out.
-    next_seq: u64,
-}
-
-impl Direction {
-    fn new(impairment: Impairment, seed: u64) -> Self {
-        Self {
-            queue: Mutex::new(Queue {
-                impairer: Impairer::new(impairment, seed),
-                heap: BinaryHeap::new(),
-                next_seq: 0,
-            }),
-            wake: Condvar::new(),
-            counters: Counters::default(),
-        }
-    }
-
-    /// Decides the fate of a received datagram and schedules its release.
-    fn submit(&self, blackhole: bool, data: &[u8], dest: Dest) {
-        self.counters.received.fetch_add(1, Relaxed);
-        if blackhole {
-            self.counters.dropped_loss.fetch_add(1, Relaxed);
-            return;
-        }
-        let mut q = lock(&self.queue);
-        // Read under the lock: arrivals reach the impairer in time order even from several
-        // reader threads.
-        let now = Instant::now();
-        match q.impairer.decide(now, data.len()) {
-            Verdict::DropLoss => {
-                self.counters.dropped_loss.fetch_add(1, Relaxed);
-            }
-            Verdict::DropQueue => {
-                self.counters.dropped_queue.fetch_add(1, Relaxed);
-            }
-            Verdict::Forward {
-                release,
-                copies,
-                reordered,
-            } => {
-                if reordered {
-                    self.counters.reordered.fetch_add(1, Relaxed);
-                }
-                if copies > 1 {
-                    self.counters.duplicated.fetch_add(1, Relaxed);
-                }
-                let earliest = q.heap.peek().is_none_or(|top| release < top.release);
-                for _ in 0..copies {
-                    let seq = q.next_seq;
-                    q.next_seq += 1;
-                    q.heap.push(Scheduled {
-                        release,
-                        seq,
-                        data: data.to_vec(),
-                        dest: dest.clone(),
-                    });
-                }
-                drop(q);
-                // The scheduler sleeps until the earliest release; only a new earliest one
-                // needs to wake it.
-                if earliest {
-                    self.wake.notify_one();
-                }
-            }
-        }
-    }
-}
-
-#[derive(Default)]
-struct Counters {
-    received: AtomicU64,
-    forwarded: AtomicU64,
-    dropped_loss: AtomicU64,
-    dropped_queue: AtomicU64,
-    duplicated: AtomicU64,
-    reordered: AtomicU64,
-    late_releases: AtomicU64,
-}
-
-impl Counters {
-    fn snapshot(&self) -> RelayStats {
-        RelayStats {
-            received: self.received.load(Relaxed),
-            forwarded: self.forwarded.load(Relaxed),
-            dropped_loss: self.dropped_loss.load(Relaxed),
-            dropped_queue: self.dropped_queue.load(Relaxed),
-            duplicated: self.duplicated.load(Relaxed),
-            reordered: self.reordered.load(Relaxed),
-            late_releases: self.late_releases.load(Relaxed),
-        }
-    }
-}
-
 /// Where a scheduled datagram goes.
 #[derive(Clone)]
 enum Dest {
@@ -408,69 +321,6 @@ enum Dest {
     Upstream(Arc<UdpSocket>),
     /// From the listen socket to this client.
     Client(SocketAddr),
-}
-
-/// A datagram waiting for its release; ordered so that [`BinaryHeap`] pops the earliest.
-struct Scheduled {
-    release: Instant,
-    seq: u64,
-    data: Vec<u8>,
-    dest: Dest,
-}
-
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // Reversed: BinaryHeap is a max-heap.
-        other
-            .release
-            .cmp(&self.release)
-            .then(other.seq.cmp(&self.seq))
-    }
-}
-
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Scheduled {}
-
-/// A direction's scheduler: sleeps until the earliest release is due, sends everything due.
-fn run_scheduler(shared: &Shared, side: Side) {
-    let dir = shared.direction(side);
-    let mut due = Vec::new();
-    loop {
-        {
-            let mut q = lock(&dir.queue);
-            loop {
-                if shared.stopping() {
-                    return;
-                }
-                let now = Instant::now();
-                match q.heap.peek().map(|s| s.release) {
-                    Some(t) if t <= now => {
-                        while q.heap.peek().is_some_and(|s| s.release <= now) {
-                            due.extend(q.heap.pop());
-                        }
-                        break;
-                    }
-                    Some(t) => q = wait(&dir.wake, q, t - now),
-                    None => q = wait(&dir.wake, q, POLL),
-                }
-            }
-        }
-        // Sent without the lock, so receivers are never held up by sends.
-        for s in due.drain(..) {
-            shared.release(dir, s);
-        }
-    }
 }
 
 /// The client side: receives from clients, routes each through its flow, expires idle flows.
@@ -663,16 +513,6 @@ fn grow_buffers(socket: &UdpSocket) {
 
 /// Locks, ignoring poisoning: the protected state stays consistent even if a holder panicked
 /// (every update is a single push or pop).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>, timeout: Duration) -> MutexGuard<'a, T> {
-    cv.wait_timeout(guard, timeout)
-        .unwrap_or_else(PoisonError::into_inner)
-        .0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
