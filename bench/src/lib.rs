@@ -13,6 +13,7 @@
 //! measured path.
 
 pub mod impair;
+pub mod linkem;
 
 use std::net::SocketAddr;
 use std::ops::Range;
