@@ -44,6 +44,25 @@ struct PeerState {
     /// Connections waiting for a session, with their deadlines kept in the connections.
     waiting: Vec<usize>,
     wait_deadline: Option<Instant>,
+    /// A reload removed the peer; its slot stays (peer numbers never change) in case a later
+    /// reload adds it again.
+    removed: bool,
+}
+
+impl PeerState {
+    fn new(name: &str, addr: Option<SocketAddr>, removed: bool) -> Self {
+        Self {
+            name: name.to_owned(),
+            addr,
+            sessions: Vec::new(),
+            dial: None,
+            next_dial: None,
+            backoff: MIN_BACKOFF,
+            waiting: Vec::new(),
+            wait_deadline: None,
+            removed,
+        }
+    }
 }
 
 impl Peers {
@@ -52,16 +71,7 @@ impl Peers {
             peers: config
                 .peers
                 .iter()
-                .map(|p| PeerState {
-                    name: p.name.clone(),
-                    addr: p.addr,
-                    sessions: Vec::new(),
-                    dial: None,
-                    next_dial: None,
-                    backoff: MIN_BACKOFF,
-                    waiting: Vec::new(),
-                    wait_deadline: None,
-                })
+                .map(|p| PeerState::new(&p.name, p.addr, false))
                 .collect(),
             by_session: HashMap::new(),
             dialling: true,
@@ -204,7 +214,7 @@ impl Shard {
                     self.peers
                         .peers
                         .iter()
-                        .position(|p| p.name == name && p.addr.is_none())
+                        .position(|p| p.name == name && p.addr.is_none() && !p.removed)
                 });
                 match found {
                     Some(p) => {
@@ -274,11 +284,11 @@ impl Shard {
             let Some(conn) = self.conns.remove(index) else {
                 continue;
             };
-            let Some(map) = self.config.maps.iter().position(|m| m.id == conn.map) else {
-                continue;
-            };
             self.counters.connections_handed_over += 1;
-            self.siblings[owner].send(ShardMsg::Connection { fd: conn.fd, map });
+            self.siblings[owner].send(ShardMsg::Connection {
+                fd: conn.fd,
+                map: conn.map,
+            });
         }
     }
 
@@ -379,5 +389,74 @@ impl Shard {
                 SessionEvent::Closed(reason) => self.on_session_closed(now, event.session, &reason),
             }
         }
+    }
+}
+
+impl Shard {
+    /// Applies a reload's peer changes: `peers` is the new list in slot order (a slot per
+    /// name the engine has ever had, so peer numbers in maps, the directory and connections
+    /// keep their meaning) and `live` says which slots the new config names. Removed peers'
+    /// sessions are closed; changed ones are closed and dialled again; new ones are dialled.
+    pub(crate) fn reconfigure_peers(
+        &mut self,
+        now: Instant,
+        peers: &[engine_api::config::Peer],
+        live: &[bool],
+        changed: &[String],
+    ) {
+        for (slot, peer) in peers.iter().enumerate() {
+            let live = live.get(slot).copied().unwrap_or(false);
+            let Some(state) = self.peers.peers.get_mut(slot) else {
+                self.peers.peers.push(PeerState::new(
+                    &peer.name,
+                    peer.addr.filter(|_| live),
+                    !live,
+                ));
+                if live && peer.addr.is_some() && self.peers.dialling {
+                    self.dial(now, slot);
+                }
+                continue;
+            };
+            let was_live = !state.removed;
+            if was_live == live && (!live || !changed.contains(&peer.name)) {
+                continue;
+            }
+            self.end_peer_sessions(now, slot);
+            let state = &mut self.peers.peers[slot];
+            state.removed = !live;
+            state.addr = peer.addr.filter(|_| live);
+            state.backoff = MIN_BACKOFF;
+            state.next_dial = None;
+            if live {
+                tracing::info!(peer = %peer.name, "peer (re)configured");
+                if state.addr.is_some() && self.peers.dialling {
+                    self.dial(now, slot);
+                }
+            } else {
+                tracing::info!(peer = %peer.name, "peer removed; its sessions are closed");
+                // Connections still waiting for it belonged to maps the reload removed too.
+                let waiting = std::mem::take(&mut state.waiting);
+                state.wait_deadline = None;
+                for index in waiting {
+                    self.close_removed(index);
+                }
+            }
+        }
+    }
+
+    /// Closes peer `p`'s sessions and forgets its handshake in progress; their endings are then
+    /// reported like those of sessions no peer entry names.
+    fn end_peer_sessions(&mut self, now: Instant, p: usize) {
+        let Some(state) = self.peers.peers.get_mut(p) else {
+            return;
+        };
+        let ids: Vec<SessionId> = state.sessions.drain(..).chain(state.dial.take()).collect();
+        for id in ids {
+            self.peers.by_session.remove(&id);
+            if let Some(session) = self.endpoint.session_mut(id) {
+                session.close(now, 0, b"peer changed by a config reload");
+            }
+        }
+        self.directory.set(p, self.index, false);
     }
 }
