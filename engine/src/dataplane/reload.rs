@@ -378,7 +378,7 @@ mod tests {
         } else {
             format!("\n{maps}")
         };
-        let text = format!("key: {KEY}\npeers:\n{peers}maps:{maps}");
+        let text = format!("key: {KEY}\nlisten: 127.0.0.1:0\npeers:\n{peers}maps:{maps}");
         Config::parse(Path::new("c.yaml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 
