@@ -22,6 +22,7 @@ const B: u32 = 11;
 const C: u32 = 12;
 
 /// The `ctl` binary of this workspace, built (once per test process) next to the engine's.
+/// Each test calls it before starting engines, so the build never competes with their traffic.
 fn ctl_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -31,6 +32,25 @@ fn ctl_binary() -> PathBuf {
             build
                 .args(["build", "--quiet", "-p", "ctl", "--bin", "ctl"])
                 .current_dir(env!("CARGO_MANIFEST_DIR"));
+            // What `cargo test` sets for this test binary must not reach the build: some build
+            // scripts rerun when, say, `CARGO_MANIFEST_DIR` differs, and the next `cargo test`
+            // would then rebuild them back.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                let ours = [
+                    "CARGO_PKG_",
+                    "CARGO_MANIFEST_",
+                    "CARGO_CRATE_",
+                    "CARGO_BIN_",
+                ]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+                    || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"]
+                        .contains(&name.as_ref());
+                if ours {
+                    build.env_remove(name.as_ref());
+                }
+            }
             if engine
                 .parent()
                 .and_then(Path::file_name)
@@ -106,11 +126,15 @@ fn reload_adds_and_removes_maps_during_a_transfer() {
     const LEN: u64 = 64 << 20;
     const UP_SEED: u64 = 0x5E10_0001;
     const DOWN_SEED: u64 = 0x5E10_0002;
+    ctl_binary();
     let (sink, reports) = sink_server(DOWN_SEED, LEN);
     let echo = echo_server();
+    // Capped so that the transfer takes at least 10 s each way (64 MiB at 50 Mbit/s) and is
+    // certainly still running when the maps change.
     let mut tunnel = Tunnel::start(
         "reload-maps",
-        &TunnelSpec::new(&[(A, sink.addr()), (C, echo.addr())], &[A, C]),
+        &TunnelSpec::new(&[(A, sink.addr()), (C, echo.addr())], &[A, C])
+            .extra("rate: 50mbit", "rate: 50mbit"),
     );
     tunnel.wait_echo(C, SESSION_TIMEOUT);
     let dir = tunnel.dir.path().to_owned();
@@ -149,6 +173,10 @@ fn reload_adds_and_removes_maps_during_a_transfer() {
     assert!(out.contains("map 12 removed"), "{out}");
     assert!(out.contains("2 maps in effect"), "{out}");
     assert!(!out.contains("map 10"), "A is unchanged: {out}");
+    assert!(
+        !transfer.is_finished(),
+        "the transfer on A ended before the reload"
+    );
 
     // B works at once (the session is already up).
     echo_check(b_addr, 0xB0B0, 64 << 10, SMALL_TIMEOUT)
@@ -211,6 +239,7 @@ fn reload_adds_and_removes_maps_during_a_transfer() {
 
 #[test]
 fn sighup_reloads_and_reports_what_needs_a_restart() {
+    ctl_binary();
     let echo = echo_server();
     let dir = common::TestDir::new("reload-hup");
     let server_udp = free_udp_addr();

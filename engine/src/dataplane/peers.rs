@@ -26,6 +26,9 @@ pub(crate) struct Peers {
     /// Which peer a session (established or being dialled) belongs to.
     by_session: HashMap<SessionId, usize>,
     dialling: bool,
+    /// Handshakes a reload made pointless (their peer was removed or changed): the endpoint
+    /// cannot cancel a dial, so a session that still comes of one is closed at once.
+    abandoned: Vec<SessionId>,
 }
 
 #[derive(Debug)]
@@ -75,6 +78,7 @@ impl Peers {
                 .collect(),
             by_session: HashMap::new(),
             dialling: true,
+            abandoned: Vec::new(),
         }
     }
 
@@ -197,6 +201,13 @@ impl Shard {
     }
 
     pub(crate) fn on_session_connected(&mut self, now: Instant, session_id: SessionId) {
+        if let Some(i) = self.peers.abandoned.iter().position(|&s| s == session_id) {
+            self.peers.abandoned.swap_remove(i);
+            if let Some(session) = self.endpoint.session_mut(session_id) {
+                session.close(now, 0, b"peer changed by a config reload");
+            }
+            return;
+        }
         let Some(session) = self.endpoint.session(session_id) else {
             return;
         };
@@ -299,6 +310,7 @@ impl Shard {
         reason: &CloseReason,
     ) {
         self.counters.sessions_closed += 1;
+        self.peers.abandoned.retain(|&s| s != session_id);
         self.abort_session_conns(session_id);
         let Some(p) = self.peers.by_session.remove(&session_id) else {
             tracing::info!(?reason, "session closed");
@@ -330,6 +342,7 @@ impl Shard {
         peer_name: Option<&str>,
     ) {
         let dialled = self.peers.by_session.remove(&session_id);
+        self.peers.abandoned.retain(|&s| s != session_id);
         let peer = dialled
             .map(|p| self.peers.name(p).to_owned())
             .or_else(|| peer_name.map(str::to_owned))
@@ -450,7 +463,11 @@ impl Shard {
         let Some(state) = self.peers.peers.get_mut(p) else {
             return;
         };
-        let ids: Vec<SessionId> = state.sessions.drain(..).chain(state.dial.take()).collect();
+        if let Some(dial) = state.dial.take() {
+            self.peers.by_session.remove(&dial);
+            self.peers.abandoned.push(dial);
+        }
+        let ids: Vec<SessionId> = state.sessions.drain(..).collect();
         for id in ids {
             self.peers.by_session.remove(&id);
             if let Some(session) = self.endpoint.session_mut(id) {

@@ -131,7 +131,7 @@ impl Reloader {
         let maps = effective.maps.len() as u32;
         let applies = !change.applied.is_empty();
         if applies {
-            check_listen(&effective, &change)?;
+            check_listen(&state.config, &effective, &change)?;
         }
         if let Some(level) = &change.log_level {
             let note = match &self.log {
@@ -165,14 +165,16 @@ impl Reloader {
 }
 
 /// Added maps must be able to listen: an address another program holds rejects the reload
-/// before anything changes. (Our own shards' listeners share their address by SO_REUSEPORT.)
-fn check_listen(config: &Config, change: &ConfigChange) -> Result<(), String> {
+/// before anything changes. Addresses our own listeners hold are not tried (they share them by
+/// SO_REUSEPORT, and a trial listener there could take a client's connection with it).
+fn check_listen(running: &Config, config: &Config, change: &ConfigChange) -> Result<(), String> {
     for map in config
         .maps
         .iter()
         .filter(|m| change.maps_added.contains(&m.id))
     {
-        if map.listen.port() != 0 {
+        let ours = running.maps.iter().any(|m| m.listen == map.listen);
+        if map.listen.port() != 0 && !ours {
             tcp::listen(map.listen).map_err(|err| {
                 format!("map {}: cannot listen on TCP {}: {err}", map.id, map.listen)
             })?;
@@ -324,8 +326,13 @@ impl Shard {
         listener.retired = true;
         listener.retry_at = None;
         tracing::info!(map = %listener.map, "map removed: listener closed");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener.fd);
+        // Stops listening now, before the reload is confirmed (the descriptor itself closes
+        // only once the accept in flight has ended): connections in its backlog are reset and
+        // new ones refused, and it leaves the shards' reuseport group.
+        // SAFETY: shutdown(2) on a socket the listener owns.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         if listener.armed {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&listener.fd);
             self.io.push(
                 super::io::Token::new(super::io::Op::CancelAccept, i, 0),
                 super::io::IoOp::Cancel { fd },
