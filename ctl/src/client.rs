@@ -141,6 +141,14 @@ mod tests {
         assert_eq!(describe(&err), "custom");
     }
 
+    fn reloaded() -> Response {
+        Response::Reloaded {
+            maps: 3,
+            changes: vec!["map 3 added (tcp 127.0.0.1:9000 -> peer edge)".into()],
+            restart_needed: Vec::new(),
+        }
+    }
+
     #[test]
     fn request_and_answers() {
         let path = socket_path("serve");
@@ -153,10 +161,7 @@ mod tests {
             reader.read_until(b'\n', &mut line).unwrap();
             let request = Request::parse(&line).unwrap();
             assert_eq!(request.command, Command::Reload);
-            reader
-                .get_mut()
-                .write_all(&Response::Reloaded { maps: 3 }.to_line())
-                .unwrap();
+            reader.get_mut().write_all(&reloaded().to_line()).unwrap();
             line.clear();
             reader.read_until(b'\n', &mut line).unwrap();
             reader.get_mut().write_all(b"not json\n").unwrap();
@@ -166,10 +171,7 @@ mod tests {
         });
 
         let mut client = Client::connect(&path).unwrap();
-        assert_eq!(
-            client.request(Command::Reload).unwrap(),
-            Response::Reloaded { maps: 3 }
-        );
+        assert_eq!(client.request(Command::Reload).unwrap(), reloaded());
         assert!(matches!(
             client.request(Command::Status),
             Err(ClientError::Malformed { .. })

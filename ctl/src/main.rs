@@ -48,7 +48,7 @@ enum CtlCommand {
               value_parser = clap::value_parser!(u64).range(1..), requires = "watch")]
         interval: u64,
     },
-    /// Make the engine re-read its config file and apply the new maps.
+    /// Make the engine re-read its config file and apply what changed; prints the changes.
     Reload,
 }
 
@@ -72,7 +72,23 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             other => return unexpected(Command::Status, other),
         },
         CtlCommand::Reload => match client.request(Command::Reload)? {
-            Response::Reloaded { maps } => writeln!(stdout, "reloaded: {maps} maps in effect")?,
+            Response::Reloaded {
+                maps,
+                changes,
+                restart_needed,
+            } => {
+                if changes.is_empty() && restart_needed.is_empty() {
+                    writeln!(stdout, "reloaded: no changes; {maps} maps in effect")?;
+                } else {
+                    writeln!(stdout, "reloaded: {maps} maps in effect")?;
+                }
+                for line in &changes {
+                    writeln!(stdout, "  {line}")?;
+                }
+                for line in &restart_needed {
+                    writeln!(stdout, "  {line}")?;
+                }
+            }
             other => return unexpected(Command::Reload, other),
         },
         CtlCommand::Stats {

@@ -195,6 +195,46 @@ fn refused_reload_exits_1_with_the_reason() {
 }
 
 #[test]
+fn reload_prints_what_changed() {
+    let dir = TempDir::new("reloaded");
+    let socket = dir.path().join("engine.sock");
+    let server = fake_engine(&socket, 1, |_| {
+        Response::Reloaded {
+        maps: 2,
+        changes: vec![
+            "map 11 added (tcp 127.0.0.1:9000 -> peer edge)".into(),
+            "map 12 removed (tcp 127.0.0.1:9001 -> peer edge); its listener and connections are closed".into(),
+        ],
+        restart_needed: vec!["listen: 0.0.0.0:4000 -> 0.0.0.0:4001 needs a restart (not applied)".into()],
+    }
+    });
+    let out = ctl(&["-s", socket.to_str().unwrap(), "reload"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "reloaded: 2 maps in effect
+  map 11 added (tcp 127.0.0.1:9000 -> peer edge)
+  map 12 removed (tcp 127.0.0.1:9001 -> peer edge); its listener and connections are closed
+  listen: 0.0.0.0:4000 -> 0.0.0.0:4001 needs a restart (not applied)
+"
+    );
+    server.join().unwrap();
+
+    let server = fake_engine(&socket_again(&dir), 1, |_| Response::Reloaded {
+        maps: 2,
+        changes: Vec::new(),
+        restart_needed: Vec::new(),
+    });
+    let out = ctl(&["-s", socket_again(&dir).to_str().unwrap(), "reload"]);
+    assert_eq!(stdout(&out), "reloaded: no changes; 2 maps in effect\n");
+    server.join().unwrap();
+}
+
+fn socket_again(dir: &TempDir) -> PathBuf {
+    dir.path().join("engine2.sock")
+}
+
+#[test]
 fn watch_ends_with_an_error_when_the_engine_goes_away() {
     let dir = TempDir::new("watch");
     let socket = dir.path().join("engine.sock");

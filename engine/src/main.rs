@@ -19,7 +19,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, fmt, reload};
 
 use crate::cli::{Cli, Command};
 
@@ -30,11 +32,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.command {
         Some(Command::Check { config }) => {
-            init_tracing(cli.log_level.as_deref(), None);
+            let _ = init_tracing(cli.log_level.as_deref(), None);
             check(config)
         }
         Some(Command::Genkey) => {
-            init_tracing(cli.log_level.as_deref(), None);
+            let _ = init_tracing(cli.log_level.as_deref(), None);
             genkey()
         }
         None => match &cli.config {
@@ -61,9 +63,14 @@ fn main() -> ExitCode {
 /// Logs go to stderr so that stdout stays clean for output meant for scripts (`genkey`).
 ///
 /// `--log-level` wins over `RUST_LOG`, which wins over the config's `log.level`; without any the
-/// engine logs at `info`.
-fn init_tracing(log_level: Option<&str>, config_level: Option<&str>) {
+/// engine logs at `info`. Returns what sets the filter again when a reload changes `log.level`,
+/// if `log.level` is what chose it.
+fn init_tracing(
+    log_level: Option<&str>,
+    config_level: Option<&str>,
+) -> Option<dataplane::LogReload> {
     const DEFAULT_FILTER: &str = "info";
+    let from_config = log_level.is_none() && std::env::var_os(EnvFilter::DEFAULT_ENV).is_none();
     let filter = match log_level {
         // Already validated by the argument parser.
         Some(directives) => EnvFilter::try_new(directives),
@@ -84,11 +91,21 @@ fn init_tracing(log_level: Option<&str>, config_level: Option<&str>) {
         },
     }
     .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_ansi(io::stderr().is_terminal())
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            fmt::layer()
+                .with_writer(io::stderr)
+                .with_ansi(io::stderr().is_terminal()),
+        )
         .init();
+    from_config.then(|| {
+        Box::new(move |level: &str| {
+            let filter = EnvFilter::try_new(level).map_err(|err| err.to_string())?;
+            handle.reload(filter).map_err(|err| err.to_string())
+        }) as dataplane::LogReload
+    })
 }
 
 /// `engine -c <FILE>`: run the dataplane on a config until SIGTERM or SIGINT.
@@ -96,8 +113,8 @@ fn run(config_path: &Path, log_level: Option<&str>) -> anyhow::Result<ExitCode> 
     // The config is read before logging starts, because it names the log level; its errors go
     // to stderr like every other error.
     let config = config::load(config_path)?;
-    init_tracing(log_level, Some(&config.log.level));
-    dataplane::run(config_path, config)?;
+    let log = init_tracing(log_level, Some(&config.log.level));
+    dataplane::run(config_path, config, log)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -74,7 +74,7 @@ pub enum Command {
     Status,
     /// Traffic counters.
     Stats,
-    /// Re-read the config file and apply what can change without a restart (the maps).
+    /// Re-read the config file and apply what can change without a restart.
     Reload,
 }
 
@@ -100,10 +100,17 @@ pub enum Response {
     Status(Status),
     /// Answer to [`Command::Stats`].
     Stats(Stats),
-    /// Answer to [`Command::Reload`]: the new config is in effect.
+    /// Answer to [`Command::Reload`]: the new config is in effect, apart from what needs a
+    /// restart.
     Reloaded {
         /// How many listen maps the engine serves after the reload.
         maps: u32,
+        /// What changed and was applied, one line each for a human (empty: nothing changed).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        changes: Vec<String>,
+        /// What changed but needs a restart and was not applied, one line each.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        restart_needed: Vec<String>,
     },
     /// The request was not served.
     Error {
@@ -326,7 +333,16 @@ mod tests {
                 }],
                 ..Stats::default()
             }),
-            Response::Reloaded { maps: 4 },
+            Response::Reloaded {
+                maps: 4,
+                changes: Vec::new(),
+                restart_needed: Vec::new(),
+            },
+            Response::Reloaded {
+                maps: 1,
+                changes: vec!["map 3 added (tcp 127.0.0.1:9000 -> peer edge)".into()],
+                restart_needed: vec!["shards: 2 -> 3 needs a restart (not applied)".into()],
+            },
             Response::Error {
                 message: "line one\nline two \"quoted\"".into(),
             },
@@ -357,8 +373,22 @@ mod tests {
 
     #[test]
     fn response_wire_format_is_tagged() {
-        let line = Response::Reloaded { maps: 2 }.to_line();
+        let line = Response::Reloaded {
+            maps: 2,
+            changes: Vec::new(),
+            restart_needed: Vec::new(),
+        }
+        .to_line();
         assert_eq!(line, b"{\"result\":\"reloaded\",\"maps\":2}\n");
+        // An answer from an engine that lists no changes reads back with empty lists.
+        assert_eq!(
+            Response::parse(b"{\"result\":\"reloaded\",\"maps\":2}").unwrap(),
+            Response::Reloaded {
+                maps: 2,
+                changes: Vec::new(),
+                restart_needed: Vec::new(),
+            }
+        );
     }
 
     #[test]

@@ -237,6 +237,15 @@ impl Endpoint {
         &self.config
     }
 
+    /// The settings of sessions set up from now on (a reloaded config). Live sessions keep the
+    /// ones they started with: their peer agreed to them (FEC) or they sized state by them.
+    pub fn set_session_config(&mut self, mut session: SessionConfig) {
+        if session.fec.validate().is_err() {
+            session.fec = FecConfig::OFF;
+        }
+        self.config.session = session;
+    }
+
     pub fn stats(&self) -> EndpointStats {
         self.stats.clone()
     }

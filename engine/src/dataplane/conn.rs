@@ -21,6 +21,9 @@ pub(crate) struct Conn {
     pub(crate) generation: u32,
     pub(crate) fd: OwnedFd,
     pub(crate) map: MapId,
+    /// Accepted on a `maps` listener (else made to an `allow` target): which of the two a
+    /// reload that removes `map` closes.
+    pub(crate) accepted: bool,
     /// The TCP peer (client of a map, or the target), for logs.
     pub(crate) remote: Option<SocketAddr>,
     pub(crate) state: ConnState,
@@ -73,6 +76,7 @@ impl Conn {
             generation,
             fd,
             map,
+            accepted: false,
             remote,
             state,
             stream: None,
@@ -126,6 +130,14 @@ impl Conns {
             .get_mut(index)?
             .as_mut()
             .filter(|conn| conn.generation == generation)
+    }
+
+    /// The live connections with their slots.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &Conn)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, conn)| Some((index, conn.as_ref()?)))
     }
 
     pub(crate) fn by_index(&mut self, index: usize) -> Option<&mut Conn> {

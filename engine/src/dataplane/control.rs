@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use crossbeam_channel::{Receiver, Sender};
+use engine_api::config::MapId;
 use engine_api::control::{Command, MAX_LINE_LEN, Request, Response, Stats, Status};
 
+use super::reload::{Reconfigure, Reloader};
 use super::stats;
 
 /// How long the control thread waits for a shard's answer.
@@ -30,11 +32,11 @@ const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) enum ShardMsg {
     Stats(Sender<ShardStats>),
     Shutdown,
-    /// A connection another shard accepted on map `map` (an index into the config's `maps`)
-    /// while only this shard had a session with the map's peer.
+    /// A connection another shard accepted on map `map` while only this shard had a session
+    /// with the map's peer.
     Connection {
         fd: OwnedFd,
-        map: usize,
+        map: MapId,
     },
     /// Shard `shard` now has a session with peer `peer` (an index into the config's `peers`):
     /// connections waiting here for that peer may move there.
@@ -42,6 +44,8 @@ pub(crate) enum ShardMsg {
         peer: usize,
         shard: usize,
     },
+    /// Apply a reloaded config (`ctl reload`, SIGHUP), then answer.
+    Reconfigure(Box<Reconfigure>),
 }
 
 /// A shard's answer to [`ShardMsg::Stats`].
@@ -133,6 +137,8 @@ pub(crate) struct ControlContext {
     pub(crate) shards: Vec<ShardHandle>,
     /// The I/O backend's name, for `ctl status`.
     pub(crate) backend: &'static str,
+    /// Re-reads the config file for `ctl reload` and SIGHUP.
+    pub(crate) reloader: Reloader,
 }
 
 /// Binds the control socket: creates its directory, replaces a stale socket left by a crashed
@@ -215,8 +221,13 @@ fn answer(command: Command, context: &ControlContext) -> Response {
             })
         }
         Command::Stats => Response::Stats(collect(context)),
-        Command::Reload => Response::Error {
-            message: "reload is not supported by this engine version yet; restart the engine to apply a new config".into(),
+        Command::Reload => match context.reloader.reload(&context.shards) {
+            Ok(reloaded) => Response::Reloaded {
+                maps: reloaded.maps,
+                changes: reloaded.changes,
+                restart_needed: reloaded.restart_needed,
+            },
+            Err(message) => Response::Error { message },
         },
     }
 }

@@ -29,6 +29,8 @@ pub(crate) mod reset_code {
     pub(crate) const CONNECT_FAILED: u64 = 2;
     /// The local TCP connection failed (reset by its peer, or a socket error).
     pub(crate) const CONNECTION_RESET: u64 = 3;
+    /// A reload removed (or changed) the map or allow entry the stream belonged to.
+    pub(crate) const MAP_REMOVED: u64 = 4;
 }
 
 /// How long a connect to an `allow` target may take.
@@ -41,8 +43,20 @@ pub(crate) const SESSION_WAIT: Duration = Duration::from_secs(10);
 impl Shard {
     pub(crate) fn on_accept(&mut self, now: Instant, listener: usize, c: Completion) {
         let result = c.result;
+        if self.listener(listener).is_some_and(|l| l.retired) {
+            // A reload removed the listener's map: what it still accepted is closed, and the
+            // listener itself once its accept has ended.
+            if result >= 0 {
+                // SAFETY: a successful accept returns a new descriptor that nothing else owns.
+                drop(unsafe { OwnedFd::from_raw_fd(result) });
+            }
+            if !c.more {
+                self.free_listener(listener);
+            }
+            return;
+        }
         if !c.more {
-            if let Some(l) = self.listeners.get_mut(listener) {
+            if let Some(l) = self.listener_mut(listener) {
                 l.armed = false;
             }
             match -result {
@@ -50,7 +64,7 @@ impl Shard {
                 // Out of descriptors or memory: the pending connection stays in the backlog, so
                 // accepting again at once would fail at once. Try again a little later.
                 libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS => {
-                    if let Some(l) = self.listeners.get_mut(listener) {
+                    if let Some(l) = self.listener_mut(listener) {
                         l.retry_at = Some(now + ACCEPT_RETRY);
                     }
                 }
@@ -63,14 +77,14 @@ impl Shard {
         }
         // SAFETY: a successful accept returns a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(result) };
-        let Some(map_index) = self.listeners.get(listener).map(|l| l.map) else {
+        let Some(map) = self.listener(listener).map(|l| l.map) else {
             return;
         };
         self.counters.connections_accepted += 1;
-        self.start_connection(now, fd, map_index, false);
+        self.start_connection(now, fd, map, false);
     }
 
-    /// Forwards a connection accepted on map `map_index` (here, or by another shard that
+    /// Forwards a connection accepted on map `map_id` (here, or by another shard that
     /// `handed` it over): over this shard's session with the map's peer, or over another
     /// shard's when only that one has a session (a peer that dials us may run fewer shards than
     /// we do), or once a session comes up.
@@ -78,19 +92,20 @@ impl Shard {
         &mut self,
         now: Instant,
         fd: OwnedFd,
-        map_index: usize,
+        map_id: MapId,
         handed: bool,
     ) {
-        let Some(map) = self.config.maps.get(map_index) else {
+        // A map a reload removed meanwhile: the connection closes with `fd`.
+        let Some(map) = self.config.maps.iter().find(|m| m.id == map_id) else {
             return;
         };
-        let (map_id, peer) = (map.id, map.peer);
+        let peer = map.peer;
         if self.peers.session(peer).is_none()
             && !handed
             && let Some(owner) = self.directory.other_with_session(peer, self.index)
         {
             self.counters.connections_handed_over += 1;
-            self.siblings[owner].send(ShardMsg::Connection { fd, map: map_index });
+            self.siblings[owner].send(ShardMsg::Connection { fd, map: map_id });
             return;
         }
         tcp::set_nodelay(&fd);
@@ -99,9 +114,11 @@ impl Shard {
             peer,
             deadline: now + SESSION_WAIT,
         };
-        let (index, _) = self
-            .conns
-            .insert(|generation| Conn::new(generation, fd, map_id, remote, state));
+        let (index, _) = self.conns.insert(|generation| {
+            let mut conn = Conn::new(generation, fd, map_id, remote, state);
+            conn.accepted = true;
+            conn
+        });
         match self.peers.session(peer) {
             Some(session) => self.attach_stream(index, session),
             None => {
@@ -498,6 +515,18 @@ impl Shard {
     /// reset with `reset` as the code (`None`: the stream is already gone or was reset by the
     /// peer).
     pub(crate) fn abort(&mut self, index: usize, reset: Option<u64>) {
+        self.tear_down(index, reset, true);
+    }
+
+    /// Closes a connection whose map or allow entry a reload removed: the TCP peer reads
+    /// end-of-stream (a FIN, not a reset), and the stream is reset with
+    /// [`reset_code::MAP_REMOVED`] so the other node closes its side too.
+    pub(crate) fn close_removed(&mut self, index: usize) {
+        self.tear_down(index, Some(reset_code::MAP_REMOVED), false);
+    }
+
+    /// [`abort`](Self::abort), with a FIN instead of a reset to the TCP peer unless `rst`.
+    fn tear_down(&mut self, index: usize, reset: Option<u64>, rst: bool) {
         let Some(conn) = self.conns.by_index(index) else {
             return;
         };
@@ -514,7 +543,12 @@ impl Shard {
                 let _ = session.reset(stream, code);
             }
         }
-        tcp::set_abort_on_close(&conn.fd);
+        if rst {
+            tcp::set_abort_on_close(&conn.fd);
+        } else {
+            // Not connected yet (a connect in flight): nothing to end, the close does it.
+            let _ = tcp::shutdown_write(&conn.fd);
+        }
         conn.state = ConnState::Closing;
         if conn.inflight > 0 {
             conn.inflight += 1;

@@ -12,6 +12,7 @@
 //! may coalesce replies for several sessions into one receive, and the steering program sees
 //! only the first (`packets_handed_over` shows it).
 
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use engine_proto::wire::{Header, PacketType, StatelessReset};
@@ -72,25 +73,38 @@ pub(crate) fn route(datagram: &[u8], me: usize, shards: usize, shared_socket: bo
 /// Which shards hold an established session with which peer. Written by a shard when its
 /// sessions with a peer come and go, read when a connection accepted on a map finds no session
 /// with the map's peer on its own shard (a peer that dials us may have fewer shards than we do).
+/// Peers are numbered by their stable slot (see `reload`); a reload that adds peers grows it.
 #[derive(Debug)]
 pub(crate) struct PeerDirectory {
     shards: usize,
-    up: Vec<AtomicBool>,
+    up: RwLock<Vec<AtomicBool>>,
 }
 
 impl PeerDirectory {
     pub(crate) fn new(peers: usize, shards: usize) -> Self {
         Self {
             shards,
-            up: (0..peers * shards)
-                .map(|_| AtomicBool::new(false))
-                .collect(),
+            up: RwLock::new(
+                (0..peers * shards)
+                    .map(|_| AtomicBool::new(false))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Makes room for `peers` peers (a reload added some); existing entries stay.
+    pub(crate) fn grow(&self, peers: usize) {
+        let mut up = self.up.write().unwrap_or_else(|e| e.into_inner());
+        let len = peers * self.shards;
+        if up.len() < len {
+            up.resize_with(len, || AtomicBool::new(false));
         }
     }
 
     pub(crate) fn set(&self, peer: usize, shard: usize, up: bool) {
+        let flags = self.up.read().unwrap_or_else(|e| e.into_inner());
         if shard < self.shards
-            && let Some(flag) = self.up.get(peer * self.shards + shard)
+            && let Some(flag) = flags.get(peer * self.shards + shard)
         {
             flag.store(up, Ordering::Relaxed);
         }
@@ -99,10 +113,11 @@ impl PeerDirectory {
     /// A shard other than `me` with a session to `peer`, searching from the one after `me` so
     /// that different shards hand over to different owners.
     pub(crate) fn other_with_session(&self, peer: usize, me: usize) -> Option<usize> {
+        let flags = self.up.read().unwrap_or_else(|e| e.into_inner());
         (1..self.shards)
             .map(|step| (me + step) % self.shards)
             .find(|&shard| {
-                self.up
+                flags
                     .get(peer * self.shards + shard)
                     .is_some_and(|flag| flag.load(Ordering::Relaxed))
             })
@@ -188,5 +203,12 @@ mod tests {
         directory.set(1, 2, false);
         directory.set(7, 9, true);
         assert_eq!(directory.other_with_session(1, 1), Some(0));
+        // A peer added by a reload.
+        directory.set(2, 1, true);
+        assert_eq!(directory.other_with_session(2, 0), None);
+        directory.grow(3);
+        directory.set(2, 1, true);
+        assert_eq!(directory.other_with_session(2, 0), Some(1));
+        assert_eq!(directory.other_with_session(1, 1), Some(0), "kept");
     }
 }

@@ -8,6 +8,7 @@ mod forward;
 mod handover;
 mod io;
 mod peers;
+mod reload;
 mod shard;
 mod sockaddr;
 mod stats;
@@ -32,8 +33,15 @@ use self::handover::PeerDirectory;
 use self::io::{BackendKind, Io};
 use self::shard::{Bound, Shard, ShardSetup};
 
-/// Runs the engine until SIGTERM or SIGINT.
-pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
+pub(crate) use self::reload::LogReload;
+
+/// Runs the engine until SIGTERM or SIGINT; SIGHUP reloads the config. `log` sets the log
+/// filter when `log.level` changes (`None`: the command line or `RUST_LOG` chose it).
+pub(crate) fn run(
+    config_path: &Path,
+    config: Config,
+    log: Option<LogReload>,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let signals = Signals::block()?;
     let plan = Plan::new(&config)?;
@@ -113,10 +121,12 @@ pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         started: Instant::now(),
         shards: handles.clone(),
         backend: plan.backend.name(),
+        reloader: reload::Reloader::new(config_path.to_owned(), &config, log, directory),
     });
+    let served = context.clone();
     thread::Builder::new()
         .name("control".into())
-        .spawn(move || control::serve(listener, context))
+        .spawn(move || control::serve(listener, served))
         .context("cannot start the control thread")?;
     tracing::info!(
         shards = shard_count,
@@ -129,9 +139,7 @@ pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let failure = loop {
         if let Some(signal) = signals.wait(Duration::from_millis(200)) {
             match signal {
-                libc::SIGHUP => tracing::warn!(
-                    "SIGHUP: reloading the config is not supported by this version; restart the engine to apply changes"
-                ),
+                libc::SIGHUP => sighup(&context),
                 _ => {
                     tracing::info!(signal, "stopping");
                     break None;
@@ -157,6 +165,26 @@ pub(crate) fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     match failure {
         None => Ok(()),
         Some(err) => Err(err),
+    }
+}
+
+/// SIGHUP: `ctl reload`, with the outcome in the log.
+fn sighup(context: &ControlContext) {
+    match context.reloader.reload(&context.shards) {
+        Ok(reloaded) => {
+            if reloaded.changes.is_empty() && reloaded.restart_needed.is_empty() {
+                tracing::info!("SIGHUP: config reloaded, nothing changed");
+            } else {
+                tracing::info!("SIGHUP: config reloaded");
+            }
+            for line in &reloaded.changes {
+                tracing::info!("reload: {line}");
+            }
+            for line in &reloaded.restart_needed {
+                tracing::warn!("reload: {line}");
+            }
+        }
+        Err(err) => tracing::error!("SIGHUP: config rejected, the running config stays: {err}"),
     }
 }
 

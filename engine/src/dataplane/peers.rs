@@ -26,6 +26,9 @@ pub(crate) struct Peers {
     /// Which peer a session (established or being dialled) belongs to.
     by_session: HashMap<SessionId, usize>,
     dialling: bool,
+    /// Handshakes a reload made pointless (their peer was removed or changed): the endpoint
+    /// cannot cancel a dial, so a session that still comes of one is closed at once.
+    abandoned: Vec<SessionId>,
 }
 
 #[derive(Debug)]
@@ -44,6 +47,25 @@ struct PeerState {
     /// Connections waiting for a session, with their deadlines kept in the connections.
     waiting: Vec<usize>,
     wait_deadline: Option<Instant>,
+    /// A reload removed the peer; its slot stays (peer numbers never change) in case a later
+    /// reload adds it again.
+    removed: bool,
+}
+
+impl PeerState {
+    fn new(name: &str, addr: Option<SocketAddr>, removed: bool) -> Self {
+        Self {
+            name: name.to_owned(),
+            addr,
+            sessions: Vec::new(),
+            dial: None,
+            next_dial: None,
+            backoff: MIN_BACKOFF,
+            waiting: Vec::new(),
+            wait_deadline: None,
+            removed,
+        }
+    }
 }
 
 impl Peers {
@@ -52,19 +74,11 @@ impl Peers {
             peers: config
                 .peers
                 .iter()
-                .map(|p| PeerState {
-                    name: p.name.clone(),
-                    addr: p.addr,
-                    sessions: Vec::new(),
-                    dial: None,
-                    next_dial: None,
-                    backoff: MIN_BACKOFF,
-                    waiting: Vec::new(),
-                    wait_deadline: None,
-                })
+                .map(|p| PeerState::new(&p.name, p.addr, false))
                 .collect(),
             by_session: HashMap::new(),
             dialling: true,
+            abandoned: Vec::new(),
         }
     }
 
@@ -187,6 +201,13 @@ impl Shard {
     }
 
     pub(crate) fn on_session_connected(&mut self, now: Instant, session_id: SessionId) {
+        if let Some(i) = self.peers.abandoned.iter().position(|&s| s == session_id) {
+            self.peers.abandoned.swap_remove(i);
+            if let Some(session) = self.endpoint.session_mut(session_id) {
+                session.close(now, 0, b"peer changed by a config reload");
+            }
+            return;
+        }
         let Some(session) = self.endpoint.session(session_id) else {
             return;
         };
@@ -204,7 +225,7 @@ impl Shard {
                     self.peers
                         .peers
                         .iter()
-                        .position(|p| p.name == name && p.addr.is_none())
+                        .position(|p| p.name == name && p.addr.is_none() && !p.removed)
                 });
                 match found {
                     Some(p) => {
@@ -274,11 +295,11 @@ impl Shard {
             let Some(conn) = self.conns.remove(index) else {
                 continue;
             };
-            let Some(map) = self.config.maps.iter().position(|m| m.id == conn.map) else {
-                continue;
-            };
             self.counters.connections_handed_over += 1;
-            self.siblings[owner].send(ShardMsg::Connection { fd: conn.fd, map });
+            self.siblings[owner].send(ShardMsg::Connection {
+                fd: conn.fd,
+                map: conn.map,
+            });
         }
     }
 
@@ -289,6 +310,7 @@ impl Shard {
         reason: &CloseReason,
     ) {
         self.counters.sessions_closed += 1;
+        self.peers.abandoned.retain(|&s| s != session_id);
         self.abort_session_conns(session_id);
         let Some(p) = self.peers.by_session.remove(&session_id) else {
             tracing::info!(?reason, "session closed");
@@ -320,6 +342,7 @@ impl Shard {
         peer_name: Option<&str>,
     ) {
         let dialled = self.peers.by_session.remove(&session_id);
+        self.peers.abandoned.retain(|&s| s != session_id);
         let peer = dialled
             .map(|p| self.peers.name(p).to_owned())
             .or_else(|| peer_name.map(str::to_owned))
@@ -379,5 +402,78 @@ impl Shard {
                 SessionEvent::Closed(reason) => self.on_session_closed(now, event.session, &reason),
             }
         }
+    }
+}
+
+impl Shard {
+    /// Applies a reload's peer changes: `peers` is the new list in slot order (a slot per
+    /// name the engine has ever had, so peer numbers in maps, the directory and connections
+    /// keep their meaning) and `live` says which slots the new config names. Removed peers'
+    /// sessions are closed; changed ones are closed and dialled again; new ones are dialled.
+    pub(crate) fn reconfigure_peers(
+        &mut self,
+        now: Instant,
+        peers: &[engine_api::config::Peer],
+        live: &[bool],
+        changed: &[String],
+    ) {
+        for (slot, peer) in peers.iter().enumerate() {
+            let live = live.get(slot).copied().unwrap_or(false);
+            let Some(state) = self.peers.peers.get_mut(slot) else {
+                self.peers.peers.push(PeerState::new(
+                    &peer.name,
+                    peer.addr.filter(|_| live),
+                    !live,
+                ));
+                if live && peer.addr.is_some() && self.peers.dialling {
+                    self.dial(now, slot);
+                }
+                continue;
+            };
+            let was_live = !state.removed;
+            if was_live == live && (!live || !changed.contains(&peer.name)) {
+                continue;
+            }
+            self.end_peer_sessions(now, slot);
+            let state = &mut self.peers.peers[slot];
+            state.removed = !live;
+            state.addr = peer.addr.filter(|_| live);
+            state.backoff = MIN_BACKOFF;
+            state.next_dial = None;
+            if live {
+                tracing::info!(peer = %peer.name, "peer (re)configured");
+                if state.addr.is_some() && self.peers.dialling {
+                    self.dial(now, slot);
+                }
+            } else {
+                tracing::info!(peer = %peer.name, "peer removed; its sessions are closed");
+                // Connections still waiting for it belonged to maps the reload removed too.
+                let waiting = std::mem::take(&mut state.waiting);
+                state.wait_deadline = None;
+                for index in waiting {
+                    self.close_removed(index);
+                }
+            }
+        }
+    }
+
+    /// Closes peer `p`'s sessions and forgets its handshake in progress; their endings are then
+    /// reported like those of sessions no peer entry names.
+    fn end_peer_sessions(&mut self, now: Instant, p: usize) {
+        let Some(state) = self.peers.peers.get_mut(p) else {
+            return;
+        };
+        if let Some(dial) = state.dial.take() {
+            self.peers.by_session.remove(&dial);
+            self.peers.abandoned.push(dial);
+        }
+        let ids: Vec<SessionId> = state.sessions.drain(..).collect();
+        for id in ids {
+            self.peers.by_session.remove(&id);
+            if let Some(session) = self.endpoint.session_mut(id) {
+                session.close(now, 0, b"peer changed by a config reload");
+            }
+        }
+        self.directory.set(p, self.index, false);
     }
 }

@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine_api::config::Config;
+use engine_api::config::{Config, MapId};
 use engine_proto::wire::{SessionId, StreamId};
 use engine_proto::{Endpoint, EndpointConfig};
 
@@ -69,11 +69,12 @@ pub(crate) struct Bound {
 #[derive(Debug)]
 pub(crate) struct Listener {
     pub(crate) fd: OwnedFd,
-    /// Index into the config's `maps`.
-    pub(crate) map: usize,
+    pub(crate) map: MapId,
     pub(crate) armed: bool,
     /// When to accept again after a resource error.
     pub(crate) retry_at: Option<Instant>,
+    /// A reload removed the map: the listener closes once its accept has ended.
+    pub(crate) retired: bool,
 }
 
 pub(crate) struct Shard {
@@ -93,7 +94,9 @@ pub(crate) struct Shard {
     slots: Vec<Box<SendSlot>>,
     free_slots: Vec<usize>,
     gso: bool,
-    pub(crate) listeners: Vec<Listener>,
+    /// Slots of listeners; a listener's slot index is in its operations' tokens, so a slot
+    /// emptied by a reload stays in place (and is reused by a later one).
+    pub(crate) listeners: Vec<Option<Listener>>,
     pub(crate) conns: Conns,
     pub(crate) streams: HashMap<(SessionId, StreamId), usize>,
     pub(crate) peers: Peers,
@@ -140,12 +143,13 @@ impl Shard {
                 )
             })?;
             maps.push(tcp::local_addr(&fd)?);
-            listeners.push(Listener {
+            listeners.push(Some(Listener {
                 fd,
-                map: i,
+                map: setup.config.maps[i].id,
                 armed: false,
                 retry_at: None,
-            });
+                retired: false,
+            }));
         }
         let slot_size = setup.endpoint.session.mtu * setup.endpoint.session.max_segments;
         let slots: Vec<Box<SendSlot>> = (0..SEND_SLOTS).map(|_| SendSlot::new(slot_size)).collect();
@@ -232,7 +236,11 @@ impl Shard {
         let deadline = [
             self.endpoint.poll_timeout(),
             self.peers_deadline(),
-            self.listeners.iter().filter_map(|l| l.retry_at).min(),
+            self.listeners
+                .iter()
+                .flatten()
+                .filter_map(|l| l.retry_at)
+                .min(),
             self.shutdown_at,
         ]
         .into_iter()
@@ -268,7 +276,7 @@ impl Shard {
     }
 
     pub(crate) fn arm_accept(&mut self, i: usize) {
-        let Some(listener) = self.listeners.get_mut(i) else {
+        let Some(listener) = self.listener_mut(i) else {
             return;
         };
         listener.armed = true;
@@ -280,10 +288,31 @@ impl Shard {
     /// Listeners that rested after a resource error accept again.
     fn retry_accepts(&mut self, now: Instant) {
         for i in 0..self.listeners.len() {
-            if self.listeners[i].retry_at.is_some_and(|t| t <= now) && self.shutdown_at.is_none() {
-                self.listeners[i].retry_at = None;
+            let due = self.shutdown_at.is_none()
+                && self
+                    .listener_mut(i)
+                    .is_some_and(|l| l.retry_at.is_some_and(|t| t <= now));
+            if due {
+                if let Some(l) = self.listener_mut(i) {
+                    l.retry_at = None;
+                }
                 self.arm_accept(i);
             }
+        }
+    }
+
+    pub(crate) fn listener(&self, i: usize) -> Option<&Listener> {
+        self.listeners.get(i)?.as_ref()
+    }
+
+    pub(crate) fn listener_mut(&mut self, i: usize) -> Option<&mut Listener> {
+        self.listeners.get_mut(i)?.as_mut()
+    }
+
+    /// Closes listener `i` and frees its slot; only once no accept is in flight on it.
+    pub(crate) fn free_listener(&mut self, i: usize) {
+        if let Some(slot) = self.listeners.get_mut(i) {
+            *slot = None;
         }
     }
 
@@ -303,6 +332,8 @@ impl Shard {
                 Op::Connect => self.on_connect(token, c.result),
                 Op::ConnectTimeout | Op::Cancel => self.on_conn_op_done(token),
                 Op::Wake => self.on_wake(now, c.result),
+                // The accept's own completion (cancelled) frees the listener.
+                Op::CancelAccept => {}
             }
         }
         self.completions = completions;
@@ -404,6 +435,7 @@ impl Shard {
                     let _ = reply.send(self.stats());
                 }
                 ShardMsg::Shutdown => self.begin_shutdown(now),
+                ShardMsg::Reconfigure(msg) => self.reconfigure(now, *msg),
                 ShardMsg::Connection { fd, map } => {
                     if self.shutdown_at.is_none() {
                         self.start_connection(now, fd, map, true);
@@ -422,7 +454,7 @@ impl Shard {
         self.shutdown_at = Some(now + SHUTDOWN_GRACE);
         // Listeners resting after a resource error stay closed now: their retry time must not
         // keep waking the loop.
-        for listener in &mut self.listeners {
+        for listener in self.listeners.iter_mut().flatten() {
             listener.retry_at = None;
         }
         let ids: Vec<SessionId> = self.endpoint.sessions().map(|s| s.local_id()).collect();

@@ -7,6 +7,7 @@
 //! ([`ConfigError`]).
 
 mod convert;
+mod diff;
 mod error;
 mod raw;
 
@@ -24,6 +25,7 @@ pub use convert::{
     SystemEnvironment, check_log_filter, default_fec,
 };
 pub use convert::{format_cpulist, parse_bits_per_sec, parse_cpulist, parse_duration};
+pub use diff::ConfigChange;
 pub use error::{ConfigError, Position};
 
 /// Where the engine listens for control connections unless the config says otherwise.

@@ -26,6 +26,9 @@ pub(crate) enum Op {
     Cancel,
     /// The read of the control eventfd.
     Wake,
+    /// A cancellation of listener `index`'s accept (the listener's map was removed by a
+    /// reload); the accept's own completion says when the listener may close.
+    CancelAccept,
 }
 
 impl Op {
@@ -40,6 +43,7 @@ impl Op {
             7 => Self::ConnectTimeout,
             8 => Self::Cancel,
             9 => Self::Wake,
+            10 => Self::CancelAccept,
             _ => return None,
         })
     }
@@ -83,7 +87,13 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        for op in [Op::UdpRecv, Op::TcpSend, Op::Wake, Op::Cancel] {
+        for op in [
+            Op::UdpRecv,
+            Op::TcpSend,
+            Op::Wake,
+            Op::Cancel,
+            Op::CancelAccept,
+        ] {
             let token = Token::new(op, 0x12_3456, 0xdead_beef);
             assert_eq!(Token::from_user_data(token.to_user_data()), Some(token));
         }
