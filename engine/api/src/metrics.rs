@@ -631,10 +631,7 @@ mod tests {
             .find(|s| s.metric == "coretun_session_loss_rate")
             .expect("a session sample");
         // The parser keeps label values as escaped on the wire; the escapes survived whole.
-        assert_eq!(
-            session.labels.get("peer"),
-            Some("odd \\\"name\\\"\\\\\\n")
-        );
+        assert_eq!(session.labels.get("peer"), Some("odd \\\"name\\\"\\\\\\n"));
         assert!(
             scrape
                 .samples

@@ -101,7 +101,7 @@ impl Shard {
         };
         let (index, _) = self
             .conns
-            .insert(|generation| Conn::new(generation, fd, map_id, remote, state));
+            .insert(|generation| Conn::new(generation, fd, map_id, remote, state, now));
         match self.peers.session(peer) {
             Some(session) => self.attach_stream(index, session),
             None => {
@@ -123,6 +123,8 @@ impl Shard {
             .map(|session| session.open_stream(map.0));
         match opened {
             Some(Ok(stream)) => {
+                self.telemetry
+                    .stream_opened(map, conn.since, Instant::now());
                 conn.stream = Some((session_id, stream));
                 conn.state = ConnState::Open;
                 self.streams.insert((session_id, stream), index);
@@ -186,6 +188,7 @@ impl Shard {
                 MapId(map_id),
                 Some(target),
                 ConnState::Connecting,
+                Instant::now(),
             );
             conn.stream = Some((session_id, stream));
             // The box moves into the connection; the kernel's pointer to its contents stays
@@ -229,6 +232,8 @@ impl Shard {
         }
         conn.state = ConnState::Open;
         self.counters.streams_connected += 1;
+        self.telemetry
+            .target_connected(conn.map, conn.since, Instant::now());
         self.arm_recv(index);
         self.pump_tx(index);
     }
@@ -282,6 +287,7 @@ impl Shard {
                 };
                 match written {
                     Ok(accepted) => {
+                        conn.bytes_in += data.len() as u64;
                         if accepted < data.len() {
                             conn.pending.extend_from_slice(&data[accepted..]);
                         }
@@ -428,6 +434,7 @@ impl Shard {
             return;
         }
         conn.tx_sent += result as usize;
+        conn.bytes_out += result as u64;
         self.pump_tx(index);
     }
 
@@ -530,8 +537,9 @@ impl Shard {
         if let Some(conn) = self.conns.by_index(index)
             && conn.state == ConnState::Closing
             && conn.inflight == 0
+            && let Some(conn) = self.conns.remove(index)
         {
-            self.conns.remove(index);
+            self.telemetry.connection_freed(&conn);
         }
     }
 }
