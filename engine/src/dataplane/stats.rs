@@ -347,7 +347,10 @@ pub(crate) fn merge(uptime_secs: u64, shards: Vec<Option<ShardStats>>) -> (Stats
     let mut peers: Vec<PeerRow> = Vec::new();
     for shard in shards {
         let Some(mut shard) = shard else {
-            total.per_shard.push(Stats::default());
+            total.per_shard.push(Stats {
+                uptime_secs,
+                ..Stats::default()
+            });
             continue;
         };
         add(&mut total, &shard.stats);
@@ -381,6 +384,7 @@ pub(crate) fn merge(uptime_secs: u64, shards: Vec<Option<ShardStats>>) -> (Stats
                 None => peers.push(peer),
             }
         }
+        shard.stats.uptime_secs = uptime_secs;
         total.per_shard.push(shard.stats);
     }
     total.rtt = latency(&rtt);
@@ -498,7 +502,14 @@ mod tests {
         assert_eq!(total.uptime_secs, 9);
         assert_eq!(total.packets_sent, 20);
         assert_eq!(total.per_shard.len(), 3);
-        assert_eq!(total.per_shard[1], Stats::default());
+        assert_eq!(
+            total.per_shard[1],
+            Stats {
+                uptime_secs: 9,
+                ..Stats::default()
+            }
+        );
+        assert_eq!(total.per_shard[2].uptime_secs, 9);
         assert_eq!(
             total.per_shard[2].map_rows.len(),
             1,
