@@ -238,8 +238,8 @@ pub struct Stats {
     /// Accepted connections passed to another shard because only that shard had a session
     /// with the map's peer.
     pub connections_handed_over: u64,
-    /// One row per session (handshakes still in progress are left out). In the engine total:
-    /// every shard's sessions, each naming its shard.
+    /// One row per session (handshakes still in progress are left out). Only in the engine
+    /// total, which lists every shard's sessions, each naming its shard.
     pub session_rows: Vec<SessionRow>,
     /// One row per map and allow entry. In the engine total: summed over shards.
     pub map_rows: Vec<MapRow>,
@@ -410,14 +410,19 @@ fn unknown_command(line: &[u8], err: ParseError) -> ParseError {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Loose {
-        #[serde(rename = "version")]
-        _version: u32,
+        version: u32,
         command: String,
     }
     if !matches!(&err, ParseError::Json(json) if json.is_data()) {
         return err;
     }
     match parse_line::<Loose>(line) {
+        // A client of another version may well know commands this side does not: the version
+        // is the real reason.
+        Ok(loose) if loose.version != PROTOCOL_VERSION => ParseError::Version {
+            got: loose.version,
+            supported: PROTOCOL_VERSION,
+        },
         Ok(loose) if !COMMANDS.iter().any(|c| c.to_string() == loose.command) => {
             ParseError::UnknownCommand {
                 name: loose.command,
@@ -593,6 +598,8 @@ mod tests {
             err.to_string(),
             "unknown command `launch` (this engine serves: status, stats, reload, peers, maps)"
         );
+        let err = Request::parse(b"{\"version\":2,\"command\":\"launch\"}").unwrap_err();
+        assert!(matches!(err, ParseError::Version { got: 2, .. }), "{err:?}");
         // A known command with a stray field stays a plain JSON error.
         let err = Request::parse(b"{\"version\":1,\"command\":\"stats\",\"x\":1}").unwrap_err();
         assert!(matches!(err, ParseError::Json(_)), "{err:?}");
