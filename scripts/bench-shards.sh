@@ -6,18 +6,21 @@
 # per second, the forwarded connections each shard took, and each shard thread's CPU use.
 # Prints a markdown report to stdout; progress goes to stderr.
 #
-# Usage: scripts/bench-shards.sh [--gso-compare | --fec-compare] [-h|--help]
+# Usage: scripts/bench-shards.sh [--gso-compare | --fec-compare | --stats-compare] [-h|--help]
 #   (default)      one set-up per entry of SHARDS, plus kcptun, STREAMS parallel streams
 #   --gso-compare  one shard each; io_uring with GSO/GRO, io_uring without, epoll with GSO,
 #                  epoll without (`io: {backend: ..., gso: ...}`), for 1 and 8 streams
 #   --fec-compare  one shard each; `fec: off`, `fec: adaptive` and fixed 10+3 on the clean
 #                  loopback: what FEC costs the data path when there is no loss to repair
+#   --stats-compare  one engine pair, one shard each; runs without and with a `ctl stats
+#                  --watch` (every second) against the client engine, alternating: what
+#                  answering stats costs the data path
 # Environment:
 #   SHARDS="1 2"         shard counts to compare (default mode); e.g. "1 2 4 8" on a bigger box
 #   STREAMS=8            iperf3 -P; a list ("1 8") runs each; --gso-compare defaults to "1 8"
 #   RUNS=3               repetitions of each measurement
 #   SECONDS_PER_RUN=10   iperf3 duration (-t); packet and CPU rates are per this many seconds
-#   KCPTUN=1             also measure kcptun (default 0 with --gso-compare and --fec-compare)
+#   KCPTUN=1             also measure kcptun (default 0 with the --*-compare modes)
 #   SPLIT=0              1: for each shard count S with 2S <= nproc also a set-up with the client
 #                        engine's shards on CPUs 0..S-1 and the server's on S..2S-1 (by default
 #                        both engines put shard i on CPU i, so they share cores)
@@ -42,8 +45,9 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --gso-compare) MODE=gso ;;
     --fec-compare) MODE=fec ;;
+    --stats-compare) MODE=stats ;;
     -h | --help)
-        bench_help "$0" 30
+        bench_help "$0" 33
         exit 0
         ;;
     *) bench_bad_arg "$1" ;;
@@ -271,6 +275,11 @@ elif [ "$MODE" = fec ]; then
     add_fec fec-off "FEC off" "fec: off"
     add_fec fec-adaptive "FEC adaptive" "fec: adaptive"
     add_fec fec-fixed "FEC fixed 10+3" "fec: { mode: fixed, data: 10, parity: 3 }"
+elif [ "$MODE" = stats ]; then
+    # One engine pair; its runs are recorded as two variants (see VARIANTS below).
+    TAGS+=(stats)
+    LABEL[stats]="one shard each"
+    ARGS[stats]=""
 else
     for s in $SHARDS; do
         TAGS+=("s$s")
@@ -328,25 +337,43 @@ RESULTS=$TMP/results.jsonl
 for ((run = 1; run <= RUNS; run++)); do
     for p in $STREAMS; do
         for tag in "${TAGS[@]}"; do
-            if ! engine_pair_alive "$tag"; then
-                bench record "$RESULTS" "$tag" "$p" "$run" failed 0
-                continue
+            variants=("$tag")
+            if [ "$MODE" = stats ]; then
+                # Alternate which goes first, so neither always follows the other.
+                if [ $((run % 2)) = 1 ]; then variants=(quiet watched); else variants=(watched quiet); fi
             fi
-            log "run $run/$RUNS, -P $p: ${LABEL[$tag]}"
-            sides=(client "$TMP/$tag-client.sock" "${PAIR_CLIENT_PID[$tag]}"
-                server "$TMP/$tag-server.sock" "${PAIR_SERVER_PID[$tag]}")
-            if ! bench snap "$TMP/before.json" "$CTL" "${sides[@]}" 2>"$TMP/snap.err"; then
-                log "ctl stats failed: $(tail -n 1 "$TMP/snap.err")"
-                bench record "$RESULTS" "$tag" "$p" "$run" "$(iperf_run "${PAIR_MAP[$tag]}" "$p")" 0
-                continue
-            fi
-            gbps=$(iperf_run "${PAIR_MAP[$tag]}" "$p")
-            if bench snap "$TMP/after.json" "$CTL" "${sides[@]}" 2>"$TMP/snap.err"; then
-                bench record "$RESULTS" "$tag" "$p" "$run" "$gbps" "$SECONDS_PER_RUN" \
-                    "$TMP/before.json" "$TMP/after.json"
-            else
-                bench record "$RESULTS" "$tag" "$p" "$run" "$gbps" 0
-            fi
+            for variant in "${variants[@]}"; do
+                if ! engine_pair_alive "$tag"; then
+                    bench record "$RESULTS" "$variant" "$p" "$run" failed 0
+                    continue
+                fi
+                log "run $run/$RUNS, -P $p: ${LABEL[$variant]:-${LABEL[$tag]}}"
+                sides=(client "$TMP/$tag-client.sock" "${PAIR_CLIENT_PID[$tag]}"
+                    server "$TMP/$tag-server.sock" "${PAIR_SERVER_PID[$tag]}")
+                if ! bench snap "$TMP/before.json" "$CTL" "${sides[@]}" 2>"$TMP/snap.err"; then
+                    log "ctl stats failed: $(tail -n 1 "$TMP/snap.err")"
+                    bench record "$RESULTS" "$variant" "$p" "$run" "$(iperf_run "${PAIR_MAP[$tag]}" "$p")" 0
+                    continue
+                fi
+                WATCH_PID=
+                if [ "$variant" = watched ]; then
+                    "$CTL" -s "$TMP/$tag-client.sock" stats --watch >"$TMP/watch.out" 2>&1 &
+                    WATCH_PID=$!
+                fi
+                gbps=$(iperf_run "${PAIR_MAP[$tag]}" "$p")
+                if [ -n "$WATCH_PID" ]; then
+                    kill "$WATCH_PID" 2>/dev/null
+                    wait "$WATCH_PID" 2>/dev/null
+                    # One line per sample after the header: the watcher really ran.
+                    log "ctl stats --watch took $(($(wc -l <"$TMP/watch.out") - 1)) samples"
+                fi
+                if bench snap "$TMP/after.json" "$CTL" "${sides[@]}" 2>"$TMP/snap.err"; then
+                    bench record "$RESULTS" "$variant" "$p" "$run" "$gbps" "$SECONDS_PER_RUN" \
+                        "$TMP/before.json" "$TMP/after.json"
+                else
+                    bench record "$RESULTS" "$variant" "$p" "$run" "$gbps" 0
+                fi
+            done
         done
         if [ "$KCP_OK" = 1 ]; then
             log "run $run/$RUNS, -P $p: kcptun"
@@ -360,12 +387,19 @@ done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- report ---
+if [ "$MODE" = stats ]; then
+    LABEL[quiet]="without ctl"
+    LABEL[watched]="with \`ctl stats --watch\` on the client engine"
+    TAGS=(quiet watched)
+fi
 LABELS=$(for tag in "${TAGS[@]}"; do printf '%s\t%s\n' "$tag" "${LABEL[$tag]}"; done |
     python3 -c 'import json, sys; print(json.dumps([l.rstrip("\n").split("\t") for l in sys.stdin]))')
 if [ "$MODE" = gso ]; then
     echo "### GSO/GRO and I/O backend, one shard per engine (iperf3, ${SECONDS_PER_RUN} s per run)"
 elif [ "$MODE" = fec ]; then
     echo "### FEC settings on a clean loopback, one shard per engine (iperf3, ${SECONDS_PER_RUN} s per run)"
+elif [ "$MODE" = stats ]; then
+    echo "### ctl stats cost: one engine pair, one shard each, with and without \`ctl stats --watch\` (iperf3, ${SECONDS_PER_RUN} s per run)"
 else
     echo "### Shards: parallel TCP streams through two engines (iperf3, ${SECONDS_PER_RUN} s per run)"
 fi

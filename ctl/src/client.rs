@@ -21,7 +21,7 @@ pub(crate) struct Client {
 /// Why a request did not get an answer.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClientError {
-    #[error("cannot reach the engine at {}: {} (is it running?)", path.display(), describe(error))]
+    #[error("cannot reach the engine at {}: {} ({})", path.display(), describe(error), hint(error))]
     Connect { path: PathBuf, error: io::Error },
     #[error("lost the connection to the engine at {}: {}", path.display(), describe(error))]
     Io { path: PathBuf, error: io::Error },
@@ -97,6 +97,19 @@ impl Client {
     }
 }
 
+/// What an operator should do about a failed connect.
+fn hint(error: &io::Error) -> &'static str {
+    match error.kind() {
+        io::ErrorKind::PermissionDenied => {
+            "the control socket is open only to the engine's user: run ctl as that user or as root"
+        }
+        io::ErrorKind::ConnectionRefused => {
+            "the engine is not running; the socket is left over from an earlier run"
+        }
+        _ => "is it running?",
+    }
+}
+
 /// The OS's description of an error without the " (os error N)" suffix, which means nothing to
 /// an operator.
 fn describe(error: &io::Error) -> String {
@@ -131,6 +144,30 @@ mod tests {
                 path.display()
             )
         );
+    }
+
+    #[test]
+    fn connect_errors_say_what_to_do() {
+        let path = PathBuf::from("/run/coretun/engine.sock");
+        let err = |code| ClientError::Connect {
+            path: path.clone(),
+            error: io::Error::from_raw_os_error(code),
+        };
+        assert_eq!(
+            err(libc_eacces()).to_string(),
+            "cannot reach the engine at /run/coretun/engine.sock: Permission denied (the control \
+             socket is open only to the engine's user: run ctl as that user or as root)"
+        );
+        assert_eq!(
+            err(111).to_string(),
+            "cannot reach the engine at /run/coretun/engine.sock: Connection refused (the engine \
+             is not running; the socket is left over from an earlier run)"
+        );
+    }
+
+    /// EACCES on Linux.
+    fn libc_eacces() -> i32 {
+        13
     }
 
     #[test]

@@ -7,11 +7,11 @@
 mod client;
 mod render;
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -35,18 +35,34 @@ struct Cli {
 enum CtlCommand {
     /// Show whether the engine is up and what it runs.
     Status,
-    /// Show traffic counters.
+    /// Show sessions, maps, latencies and traffic counters.
     Stats {
-        /// Print JSON (one object per line with --watch) instead of a table.
+        /// Print JSON (one object per line with --watch) instead of tables.
         #[arg(long)]
         json: bool,
-        /// Keep printing a sample every --interval seconds until interrupted.
+        /// Keep sampling every --interval seconds until interrupted: on a terminal the tables
+        /// refresh in place with rates per second, otherwise one line of rates per sample.
         #[arg(long)]
         watch: bool,
         /// Seconds between samples with --watch.
         #[arg(long, value_name = "SECONDS", default_value_t = 1,
               value_parser = clap::value_parser!(u64).range(1..), requires = "watch")]
         interval: u64,
+    },
+    /// Print the counters in the Prometheus text format (for node_exporter's textfile
+    /// collector, or a scrape through socat).
+    Metrics,
+    /// Show the configured peers and the sessions with them.
+    Peers {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the maps and allow entries with their connection counters.
+    Maps {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Make the engine re-read its config file and apply what changed; prints the changes.
     Reload,
@@ -96,33 +112,71 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             watch,
             interval,
         } => {
-            let mut previous: Option<Stats> = None;
+            let in_place = watch && !json && io::stdout().is_terminal();
+            let mut previous: Option<(Stats, Instant)> = None;
             loop {
-                let stats = match client.request(Command::Stats)? {
-                    Response::Stats(stats) => stats,
-                    other => return unexpected(Command::Stats, other),
-                };
+                let stats = stats(&mut client)?;
+                let taken = Instant::now();
+                let since = previous.as_ref().map(|(stats, at)| render::Since {
+                    stats,
+                    secs: taken.duration_since(*at).as_secs_f64(),
+                });
                 match (json, watch) {
                     (true, _) => {
                         serde_json::to_writer(&mut stdout, &stats)?;
                         writeln!(stdout)?;
                     }
-                    (false, false) => render::stats(&mut stdout, &stats)?,
-                    (false, true) => {
-                        render::stats_row(&mut stdout, previous.as_ref(), &stats, interval)?
+                    (false, false) => render::stats(&mut stdout, &stats, None)?,
+                    (false, true) if in_place => {
+                        // Home the cursor and clear the screen, then draw the tables afresh.
+                        write!(stdout, "\x1b[H\x1b[2J")?;
+                        render::stats(&mut stdout, &stats, since)?;
                     }
+                    (false, true) => render::stats_row(
+                        &mut stdout,
+                        previous.as_ref().map(|(stats, _)| stats),
+                        &stats,
+                        interval,
+                    )?,
                 }
                 if !watch {
                     break;
                 }
                 stdout.flush().context("cannot write to stdout")?;
-                previous = Some(stats);
+                previous = Some((stats, taken));
                 thread::sleep(Duration::from_secs(interval));
             }
         }
+        CtlCommand::Metrics => {
+            let stats = stats(&mut client)?;
+            stdout.write_all(engine_api::metrics::render(&stats).as_bytes())?;
+        }
+        CtlCommand::Peers { json } => match client.request(Command::Peers)? {
+            Response::Peers { peers } if json => {
+                serde_json::to_writer(&mut stdout, &peers)?;
+                writeln!(stdout)?;
+            }
+            Response::Peers { peers } => render::peers(&mut stdout, &peers)?,
+            other => return unexpected(Command::Peers, other),
+        },
+        CtlCommand::Maps { json } => match client.request(Command::Maps)? {
+            Response::Maps { maps } if json => {
+                serde_json::to_writer(&mut stdout, &maps)?;
+                writeln!(stdout)?;
+            }
+            Response::Maps { maps } => render::maps(&mut stdout, &maps, None)?,
+            other => return unexpected(Command::Maps, other),
+        },
     }
     stdout.flush().context("cannot write to stdout")?;
     Ok(())
+}
+
+fn stats(client: &mut Client) -> anyhow::Result<Stats> {
+    match client.request(Command::Stats)? {
+        Response::Stats(stats) => Ok(stats),
+        other => unexpected(Command::Stats, other).map(|()| Stats::default()),
+    }
 }
 
 /// The engine answered, but not with what was asked for: an error it reports, or a bug.

@@ -1,8 +1,8 @@
-//! Human-readable output for `ctl status` and `ctl stats`.
+//! Human-readable output for `ctl status`, `ctl stats`, `ctl peers` and `ctl maps`.
 
 use std::io::{self, Write};
 
-use engine_api::control::{Stats, Status};
+use engine_api::control::{MapRow, PeerRow, SessionRow, Stats, Status};
 
 pub(crate) fn status(out: &mut impl Write, status: &Status) -> io::Result<()> {
     writeln!(out, "engine {} is running", status.engine_version)?;
@@ -13,9 +13,268 @@ pub(crate) fn status(out: &mut impl Write, status: &Status) -> io::Result<()> {
     writeln!(out, "  streams   {}", status.streams)
 }
 
+/// What a rate is computed against: the previous sample and the time since it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Since<'a> {
+    pub(crate) stats: &'a Stats,
+    pub(crate) secs: f64,
+}
+
+/// The full report: engine line, sessions, maps, latencies, then the counters per shard. With
+/// `since` (`--watch`), byte columns of sessions and maps show rates over the interval;
+/// without, goodput is the average over each session's life.
+pub(crate) fn stats(
+    out: &mut impl Write,
+    stats: &Stats,
+    since: Option<Since<'_>>,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "up {}, {} shard{}, {} session{}, {} stream{}",
+        duration(stats.uptime_secs),
+        stats.per_shard.len(),
+        plural(stats.per_shard.len() as u64),
+        stats.sessions,
+        plural(stats.sessions),
+        stats.streams,
+        plural(stats.streams),
+    )?;
+    writeln!(out)?;
+    sessions(out, &stats.session_rows, since)?;
+    writeln!(out)?;
+    maps(out, &stats.map_rows, since)?;
+    writeln!(out)?;
+    latencies(out, stats)?;
+    writeln!(out)?;
+    counters(out, stats)
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Rate of a counter: over the interval when there is a previous value, else `None`.
+fn rate(new: u64, old: Option<u64>, secs: f64) -> Option<f64> {
+    let old = old?;
+    (secs > 0.0).then(|| new.saturating_sub(old) as f64 / secs)
+}
+
+fn per_sec(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".to_owned(), |r| format!("{}/s", bytes(r as u64)))
+}
+
+/// One row per session.
+pub(crate) fn sessions(
+    out: &mut impl Write,
+    rows: &[SessionRow],
+    since: Option<Since<'_>>,
+) -> io::Result<()> {
+    let mut table = Table::new(&[
+        "PEER",
+        "SHARD",
+        "STATE",
+        "UP",
+        "RTT",
+        "MIN RTT",
+        "SENT",
+        "RECEIVED",
+        "GOODPUT OUT",
+        "GOODPUT IN",
+        "RETX",
+        "LOST",
+        "LOSS",
+        "FEC REC",
+        "STREAMS",
+        "PACING",
+    ]);
+    for row in rows {
+        let old = since.and_then(|s| s.stats.session_rows.iter().find(|o| o.id == row.id));
+        let (goodput_out, goodput_in, sent, received) = match (since, old) {
+            (Some(since), Some(old)) => (
+                rate(
+                    row.stream_bytes_sent,
+                    Some(old.stream_bytes_sent),
+                    since.secs,
+                ),
+                rate(
+                    row.stream_bytes_received,
+                    Some(old.stream_bytes_received),
+                    since.secs,
+                ),
+                per_sec(rate(row.bytes_sent, Some(old.bytes_sent), since.secs)),
+                per_sec(rate(
+                    row.bytes_received,
+                    Some(old.bytes_received),
+                    since.secs,
+                )),
+            ),
+            (Some(_), None) => (None, None, "-".to_owned(), "-".to_owned()),
+            // Averages over the session's life.
+            (None, _) => {
+                let secs = row.uptime_secs.max(1) as f64;
+                (
+                    Some(row.stream_bytes_sent as f64 / secs),
+                    Some(row.stream_bytes_received as f64 / secs),
+                    bytes(row.bytes_sent),
+                    bytes(row.bytes_received),
+                )
+            }
+        };
+        let peer = if row.peer.is_empty() {
+            row.remote.as_str()
+        } else {
+            row.peer.as_str()
+        };
+        table.row(vec![
+            peer.to_owned(),
+            row.shard.to_string(),
+            row.state.clone(),
+            duration(row.uptime_secs),
+            micros(row.rtt_us),
+            micros(row.rtt_min_us),
+            sent,
+            received,
+            per_sec(goodput_out),
+            per_sec(goodput_in),
+            bytes(row.bytes_retransmitted),
+            row.packets_lost.to_string(),
+            percent(row.loss_rate),
+            row.fec_packets_recovered.to_string(),
+            row.streams.to_string(),
+            format!("{}/s", bytes(row.pacing_rate)),
+        ]);
+    }
+    if rows.is_empty() {
+        writeln!(out, "no sessions")
+    } else {
+        table.write(out)
+    }
+}
+
+/// One row per map and allow entry.
+pub(crate) fn maps(
+    out: &mut impl Write,
+    rows: &[MapRow],
+    since: Option<Since<'_>>,
+) -> io::Result<()> {
+    let mut table = Table::new(&[
+        "MAP",
+        "KIND",
+        "PEER",
+        "ADDRESS",
+        "CONNECTIONS",
+        "OPEN",
+        "IN",
+        "OUT",
+    ]);
+    for row in rows {
+        let old = since.and_then(|s| {
+            s.stats
+                .map_rows
+                .iter()
+                .find(|o| o.id == row.id && o.kind == row.kind)
+                .map(|o| (o, s.secs))
+        });
+        let (bytes_in, bytes_out) = match old {
+            Some((old, secs)) => (
+                per_sec(rate(row.bytes_in, Some(old.bytes_in), secs)),
+                per_sec(rate(row.bytes_out, Some(old.bytes_out), secs)),
+            ),
+            None if since.is_some() => ("-".to_owned(), "-".to_owned()),
+            None => (bytes(row.bytes_in), bytes(row.bytes_out)),
+        };
+        table.row(vec![
+            row.id.to_string(),
+            row.kind.clone(),
+            if row.peer.is_empty() {
+                "-".to_owned()
+            } else {
+                row.peer.clone()
+            },
+            row.addr.clone(),
+            row.connections.to_string(),
+            row.connections_open.to_string(),
+            bytes_in,
+            bytes_out,
+        ]);
+    }
+    if rows.is_empty() {
+        writeln!(out, "no maps")
+    } else {
+        table.write(out)
+    }
+}
+
+fn latencies(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
+    let mut table = Table::new(&["LATENCY", "SAMPLES", "P50", "P90", "P99", "P99.9", "MAX"]);
+    for (name, l) in [
+        ("rtt", &stats.rtt),
+        ("stream open", &stats.stream_open),
+        ("target connect", &stats.target_connect),
+    ] {
+        let value = |us: u64| {
+            if l.count == 0 {
+                "-".to_owned()
+            } else {
+                micros(us)
+            }
+        };
+        table.row(vec![
+            name.to_owned(),
+            l.count.to_string(),
+            value(l.p50_us),
+            value(l.p90_us),
+            value(l.p99_us),
+            value(l.p999_us),
+            value(l.max_us),
+        ]);
+    }
+    table.write(out)
+}
+
+/// The configured peers.
+pub(crate) fn peers(out: &mut impl Write, peers: &[PeerRow]) -> io::Result<()> {
+    let mut table = Table::new(&["PEER", "ADDRESS", "STATE", "SESSIONS", "SHARDS", "RTT"]);
+    for peer in peers {
+        let mut shards = peer.shards.clone();
+        shards.sort_unstable();
+        let rtt = peer
+            .sessions
+            .iter()
+            .filter(|s| s.state == "established")
+            .map(|s| s.rtt_us)
+            .min();
+        table.row(vec![
+            peer.name.clone(),
+            if peer.addr.is_empty() {
+                "(dials us)".to_owned()
+            } else {
+                peer.addr.clone()
+            },
+            peer.state.clone(),
+            peer.sessions.len().to_string(),
+            if shards.is_empty() {
+                "-".to_owned()
+            } else {
+                shards
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            rtt.map_or_else(|| "-".to_owned(), micros),
+        ]);
+    }
+    if peers.is_empty() {
+        writeln!(out, "no peers configured")
+    } else {
+        table.write(out)
+    }
+}
+
 /// The counters as a table: one column for the engine's total and, with more than one shard,
 /// one column per shard.
-pub(crate) fn stats(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
+pub(crate) fn counters(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
     let shards = if stats.per_shard.len() > 1 {
         stats.per_shard.as_slice()
     } else {
@@ -25,13 +284,11 @@ pub(crate) fn stats(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
         .chain(shards)
         .map(stat_rows)
         .collect();
-    if !shards.is_empty() {
-        write!(out, "{:<26}{:>12}", "", "total")?;
-        for i in 0..shards.len() {
-            write!(out, "{:>12}", format!("shard {i}"))?;
-        }
-        writeln!(out)?;
+    write!(out, "{:<26}{:>12}", "COUNTERS", "total")?;
+    for i in 0..shards.len() {
+        write!(out, "{:>12}", format!("shard {i}"))?;
     }
+    writeln!(out)?;
     for (row, (name, _)) in columns[0].iter().enumerate() {
         write!(out, "{name:<26}")?;
         for column in &columns {
@@ -89,6 +346,54 @@ fn stat_rows(stats: &Stats) -> Vec<(&'static str, String)> {
         ("FEC peer loss (max)", percent(stats.fec_peer_loss)),
         ("FEC mismatches", stats.fec_mismatches.to_string()),
     ]
+}
+
+/// A table with left-aligned text columns sized to their widest cell.
+struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Self {
+        Self {
+            rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn write(&self, out: &mut impl Write) -> io::Result<()> {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|cell| cell.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (cell, width) in row.iter().zip(&widths) {
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// Microseconds as a readable duration.
+fn micros(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us}us"),
+        1_000..1_000_000 => format!("{:.1}ms", us as f64 / 1e3),
+        _ => format!("{:.2}s", us as f64 / 1e6),
+    }
 }
 
 /// One line per `--watch` sample: rates over the last interval, then gauges. The first sample
@@ -214,7 +519,7 @@ mod tests {
     /// The values of the table line that starts with `name` (the header line for "").
     fn row<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
         let line = if name.is_empty() {
-            text.lines().next().unwrap()
+            text.lines().find(|l| l.starts_with("COUNTERS")).unwrap()
         } else {
             text.lines()
                 .find(|l| l.starts_with(&format!("{name}  ")))
@@ -243,7 +548,7 @@ mod tests {
             ..Stats::default()
         };
         let mut out = Vec::new();
-        stats(&mut out, &new).unwrap();
+        counters(&mut out, &new).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(row(&text, "packets sent"), ["300"], "{text}");
         assert_eq!(row(&text, "FEC parity sent"), ["12"], "{text}");
@@ -263,10 +568,10 @@ mod tests {
             ..new.clone()
         };
         let mut out = Vec::new();
-        stats(&mut out, &per_shard).unwrap();
+        stats(&mut out, &per_shard, None).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
-            row(&text, ""),
+            row(&text, "COUNTERS"),
             ["total", "shard", "0", "shard", "1"],
             "{text}"
         );
@@ -282,5 +587,142 @@ mod tests {
             columns,
             ["4s", "100", "0", "1.0", "KiB", "0", "B", "0", "0", "2", "0"]
         );
+    }
+
+    fn session(id: &str, sent: u64, received: u64) -> SessionRow {
+        SessionRow {
+            id: id.into(),
+            shard: 1,
+            peer: "server".into(),
+            remote: "127.0.0.1:4000".into(),
+            state: "established".into(),
+            uptime_secs: 10,
+            rtt_us: 1_500,
+            rtt_min_us: 900,
+            stream_bytes_sent: sent,
+            stream_bytes_received: received,
+            bytes_sent: sent,
+            bytes_retransmitted: 2048,
+            packets_lost: 3,
+            loss_rate: 0.02,
+            pacing_rate: 1 << 20,
+            streams: 2,
+            ..SessionRow::default()
+        }
+    }
+
+    /// The cells of the line of a table that starts with `first`.
+    fn cells<'a>(text: &'a str, first: &str) -> Vec<&'a str> {
+        text.lines()
+            .find(|l| l.starts_with(first))
+            .unwrap_or_else(|| panic!("no line {first} in\n{text}"))
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn session_table_shows_averages_then_rates() {
+        let old = Stats {
+            session_rows: vec![session("01", 10 << 20, 1 << 20)],
+            ..Stats::default()
+        };
+        let mut out = Vec::new();
+        sessions(&mut out, &old.session_rows, None).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let header = cells(&text, "PEER");
+        let row = cells(&text, "server");
+        assert_eq!(header.len(), row.len(), "{text}");
+        let column = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
+        assert_eq!(column("RTT"), "1.5ms");
+        assert_eq!(column("MIN RTT"), "900us");
+        // 10 MiB over a 10 s life.
+        assert_eq!(column("GOODPUT OUT"), "1.0 MiB/s");
+        assert_eq!(column("RETX"), "2.0 KiB");
+        assert_eq!(column("LOSS"), "2.0%");
+        assert_eq!(column("PACING"), "1.0 MiB/s");
+
+        let new = Stats {
+            session_rows: vec![session("01", 14 << 20, 1 << 20), session("02", 0, 0)],
+            ..Stats::default()
+        };
+        let since = Since {
+            stats: &old,
+            secs: 2.0,
+        };
+        let mut out = Vec::new();
+        sessions(&mut out, &new.session_rows, Some(since)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .skip(1)
+            .map(|l| {
+                l.split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .collect();
+        let at = header.iter().position(|h| *h == "GOODPUT OUT").unwrap();
+        assert_eq!(lines[0][at], "2.0 MiB/s", "{text}");
+        assert_eq!(lines[0][at + 1], "0 B/s", "{text}");
+        // A session new since the last sample has no rate yet.
+        assert_eq!(lines[1][at], "-", "{text}");
+    }
+
+    #[test]
+    fn map_and_peer_tables() {
+        let map = MapRow {
+            id: 100,
+            kind: "listen".into(),
+            peer: "server".into(),
+            addr: "127.0.0.1:8080".into(),
+            connections: 4,
+            connections_open: 1,
+            bytes_in: 3 << 20,
+            bytes_out: 512,
+        };
+        let mut out = Vec::new();
+        maps(&mut out, std::slice::from_ref(&map), None).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            cells(&text, "100"),
+            [
+                "100",
+                "listen",
+                "server",
+                "127.0.0.1:8080",
+                "4",
+                "1",
+                "3.0 MiB",
+                "512 B"
+            ]
+        );
+
+        let peer = PeerRow {
+            name: "server".into(),
+            addr: String::new(),
+            state: "up".into(),
+            shards: vec![1, 0],
+            sessions: vec![session("01", 0, 0)],
+        };
+        let mut out = Vec::new();
+        peers(&mut out, &[peer]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            cells(&text, "server"),
+            ["server", "(dials us)", "up", "1", "0,1", "1.5ms"]
+        );
+        let mut out = Vec::new();
+        peers(&mut out, &[]).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "no peers configured\n");
+    }
+
+    #[test]
+    fn micro_units() {
+        assert_eq!(micros(999), "999us");
+        assert_eq!(micros(1_500), "1.5ms");
+        assert_eq!(micros(2_500_000), "2.50s");
     }
 }

@@ -111,6 +111,9 @@ fn missing_engine_is_reported_for_every_command() {
         &["status"][..],
         &["stats", "--json"],
         &["stats", "--watch"],
+        &["metrics"],
+        &["peers"],
+        &["maps", "--json"],
         &["reload"],
     ] {
         let mut args = vec!["-s", socket.to_str().unwrap()];
@@ -249,6 +252,117 @@ fn watch_ends_with_an_error_when_the_engine_goes_away() {
         stderr(&out)
     );
     assert_eq!(server.join().unwrap().len(), 2);
+}
+
+/// The engine's socket is mode 0600 and owned by the engine's user: anyone else is told that
+/// they lack permission and what to do, not that the engine is down. As root, ctl runs as
+/// `nobody`; as another user, the socket is made inaccessible to that user instead.
+#[test]
+fn permission_denied_is_explained() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+
+    let dir = TempDir::new("perm");
+    let socket = dir.path().join("engine.sock");
+    let _listener = UnixListener::bind(&socket).unwrap();
+    let me = std::fs::metadata(&socket).unwrap().uid();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ctl"));
+    command.args(["-s", socket.to_str().unwrap(), "status"]);
+    if me == 0 {
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // The socket's directory must let `nobody` through to the socket itself.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        command.uid(65534).gid(65534);
+    } else {
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let out = command.output().expect("ctl runs");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "ctl: cannot reach the engine at {}: Permission denied (the control socket is open \
+             only to the engine's user: run ctl as that user or as root)\n",
+            socket.display()
+        )
+    );
+}
+
+#[test]
+fn metrics_peers_and_maps_from_an_engine() {
+    let dir = TempDir::new("metrics");
+    let socket = dir.path().join("engine.sock");
+    let map = control::MapRow {
+        id: 100,
+        kind: "listen".into(),
+        peer: "server".into(),
+        addr: "127.0.0.1:9000".into(),
+        connections: 2,
+        bytes_in: 4096,
+        ..control::MapRow::default()
+    };
+    let stats = Stats {
+        uptime_secs: 7,
+        per_shard: vec![Stats {
+            bytes_sent: 1234,
+            map_rows: vec![map.clone()],
+            ..Stats::default()
+        }],
+        ..Stats::default()
+    };
+    let server = fake_engine(&socket, 1, move |_| Response::Stats(stats.clone()));
+    let out = ctl(&["-s", socket.to_str().unwrap(), "metrics"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("# TYPE coretun_bytes_sent_total counter\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("coretun_bytes_sent_total{shard=\"0\"} 1234\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("coretun_map_bytes_in_total{shard=\"0\",map=\"100\",kind=\"listen\"} 4096\n"),
+        "{text}"
+    );
+    assert_eq!(
+        server.join().unwrap(),
+        [Request::new(control::Command::Stats)]
+    );
+
+    let _ = std::fs::remove_file(&socket);
+    let server = fake_engine(&socket, 1, move |_| Response::Maps {
+        maps: vec![map.clone()],
+    });
+    let out = ctl(&["-s", socket.to_str().unwrap(), "maps"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("MAP"), "{text}");
+    assert!(text.contains("127.0.0.1:9000"), "{text}");
+    assert_eq!(
+        server.join().unwrap(),
+        [Request::new(control::Command::Maps)]
+    );
+
+    let _ = std::fs::remove_file(&socket);
+    let server = fake_engine(&socket, 1, move |_| Response::Peers {
+        peers: vec![control::PeerRow {
+            name: "server".into(),
+            addr: "10.0.0.1:4433".into(),
+            state: "connecting".into(),
+            ..control::PeerRow::default()
+        }],
+    });
+    let out = ctl(&["-s", socket.to_str().unwrap(), "peers", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let peers: Vec<control::PeerRow> = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(peers[0].state, "connecting");
+    assert_eq!(
+        server.join().unwrap(),
+        [Request::new(control::Command::Peers)]
+    );
 }
 
 #[test]

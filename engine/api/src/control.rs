@@ -47,7 +47,7 @@ impl Request {
     /// Rejects anything but a single well-formed request, including a request for another
     /// protocol version, so the engine can answer with the reason.
     pub fn parse(line: &[u8]) -> Result<Self, ParseError> {
-        let request: Self = parse_line(line)?;
+        let request: Self = parse_line(line).map_err(|err| unknown_command(line, err))?;
         if request.version != PROTOCOL_VERSION {
             return Err(ParseError::Version {
                 got: request.version,
@@ -76,6 +76,10 @@ pub enum Command {
     Stats,
     /// Re-read the config file and apply what can change without a restart.
     Reload,
+    /// The configured peers and their sessions.
+    Peers,
+    /// The maps (listeners) and allow entries, with their connection counters.
+    Maps,
 }
 
 impl fmt::Display for Command {
@@ -84,6 +88,8 @@ impl fmt::Display for Command {
             Self::Status => "status",
             Self::Stats => "stats",
             Self::Reload => "reload",
+            Self::Peers => "peers",
+            Self::Maps => "maps",
         })
     }
 }
@@ -95,6 +101,9 @@ impl fmt::Display for Command {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 #[non_exhaustive]
+// One response is built per request and written out at once: boxing `Stats` would save no
+// memory that matters and would make every match on a response clumsier.
+#[allow(clippy::large_enum_variant)]
 pub enum Response {
     /// Answer to [`Command::Status`].
     Status(Status),
@@ -111,6 +120,16 @@ pub enum Response {
         /// What changed but needs a restart and was not applied, one line each.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         restart_needed: Vec<String>,
+    },
+    /// Answer to [`Command::Peers`].
+    Peers {
+        /// One entry per configured peer, in config order.
+        peers: Vec<PeerRow>,
+    },
+    /// Answer to [`Command::Maps`].
+    Maps {
+        /// One entry per map and allow entry, summed over shards.
+        maps: Vec<MapRow>,
     },
     /// The request was not served.
     Error {
@@ -226,8 +245,130 @@ pub struct Stats {
     /// Accepted connections passed to another shard because only that shard had a session
     /// with the map's peer.
     pub connections_handed_over: u64,
+    /// One row per session (handshakes still in progress are left out). Only in the engine
+    /// total, which lists every shard's sessions, each naming its shard.
+    pub session_rows: Vec<SessionRow>,
+    /// One row per map and allow entry. In the engine total: summed over shards.
+    pub map_rows: Vec<MapRow>,
+    /// Round-trip time samples (one per session every 100 ms, the latest acknowledgement's).
+    pub rtt: Latency,
+    /// From accepting a client connection on a map to its stream being open on the session
+    /// (waiting for the peer's session included).
+    pub stream_open: Latency,
+    /// From a peer opening a stream to the connection to its `allow` target being established:
+    /// the far end's part of opening a stream.
+    pub target_connect: Latency,
     /// The same counters for each shard, in shard order (empty inside a per-shard entry).
     pub per_shard: Vec<Stats>,
+}
+
+/// One session with a peer, as one shard sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionRow {
+    /// The session's local id (hex), unique within the engine.
+    pub id: String,
+    /// The shard that owns the session.
+    pub shard: u32,
+    /// The peer's name from the config (empty when no `peers` entry names it).
+    pub peer: String,
+    /// The peer's UDP address.
+    pub remote: String,
+    /// `dialled` (we dialled the peer) or `accepted`.
+    pub side: String,
+    /// `established`, `confirming` (accepted, waiting for the dialler's proof) or `closing`.
+    pub state: String,
+    /// Seconds since the handshake completed.
+    pub uptime_secs: u64,
+    /// Smoothed round-trip time, microseconds.
+    pub rtt_us: u64,
+    /// Smallest round-trip time seen, microseconds.
+    pub rtt_min_us: u64,
+    /// Latest round-trip time sample, microseconds.
+    pub rtt_latest_us: u64,
+    /// Packets sent to the peer.
+    pub packets_sent: u64,
+    /// Packets received from the peer.
+    pub packets_received: u64,
+    /// Bytes sent to the peer (UDP payload).
+    pub bytes_sent: u64,
+    /// Bytes received from the peer (UDP payload).
+    pub bytes_received: u64,
+    /// Stream payload sent, first transmissions only (goodput out = its rate).
+    pub stream_bytes_sent: u64,
+    /// Stream payload received in order (goodput in = its rate).
+    pub stream_bytes_received: u64,
+    /// Stream payload sent again after a loss.
+    pub bytes_retransmitted: u64,
+    /// Packets declared lost.
+    pub packets_lost: u64,
+    /// Recent loss rate the rate control sees (0 to 1).
+    pub loss_rate: f64,
+    /// Lost packets rebuilt from FEC parity.
+    pub fec_packets_recovered: u64,
+    /// Streams open on the session.
+    pub streams: u64,
+    /// Pacing rate, bytes per second.
+    pub pacing_rate: u64,
+    /// Congestion window, bytes.
+    pub cwnd: u64,
+    /// Bytes sent and not yet acknowledged or declared lost.
+    pub bytes_in_flight: u64,
+}
+
+/// One map (`kind` `listen`: connections accepted here, forwarded to `peer`) or allow entry
+/// (`kind` `allow`: streams from peers connected to the target `addr`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MapRow {
+    /// The map id.
+    pub id: u32,
+    /// `listen` or `allow`.
+    pub kind: String,
+    /// The peer a `listen` map forwards to (empty for `allow`).
+    pub peer: String,
+    /// The listen address (`listen`) or the target (`allow`).
+    pub addr: String,
+    /// Connections forwarded: streams opened (`listen`) or targets connected (`allow`).
+    pub connections: u64,
+    /// Forwarded connections open now.
+    pub connections_open: u64,
+    /// Bytes read from the local TCP connections into the tunnel.
+    pub bytes_in: u64,
+    /// Bytes written from the tunnel to the local TCP connections.
+    pub bytes_out: u64,
+}
+
+/// A configured peer and the engine's sessions with it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PeerRow {
+    /// The peer's name.
+    pub name: String,
+    /// The address the engine dials (empty: the peer dials us).
+    pub addr: String,
+    /// `up` (at least one established session), `connecting` (a dial in progress) or `down`.
+    pub state: String,
+    /// The shards with an established session with the peer.
+    pub shards: Vec<u32>,
+    /// The sessions with the peer.
+    pub sessions: Vec<SessionRow>,
+}
+
+/// A latency distribution (from an HDR histogram), microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Latency {
+    /// Samples recorded.
+    pub count: u64,
+    /// Sum of the samples (for a Prometheus summary's `_sum`), microseconds.
+    pub sum_us: u64,
+    pub min_us: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
 }
 
 /// Why a control line could not be parsed.
@@ -243,6 +384,14 @@ pub enum ParseError {
     /// Not a JSON encoding of the expected message.
     #[error("malformed control message: {0}")]
     Json(#[from] serde_json::Error),
+    /// A well-formed request for a command this side does not know.
+    #[error("unknown command `{name}` (this engine serves: {known})")]
+    UnknownCommand {
+        /// The command as the client sent it.
+        name: String,
+        /// The commands this side serves, comma-separated.
+        known: String,
+    },
     /// A request for a protocol version this side does not speak.
     #[error("control protocol version {got} is not supported (this side speaks {supported})")]
     Version {
@@ -251,6 +400,44 @@ pub enum ParseError {
         /// [`PROTOCOL_VERSION`].
         supported: u32,
     },
+}
+
+/// Every command, for error messages.
+const COMMANDS: [Command; 5] = [
+    Command::Status,
+    Command::Stats,
+    Command::Reload,
+    Command::Peers,
+    Command::Maps,
+];
+
+/// Turns the JSON error for an otherwise well-formed request with an unknown command into
+/// [`ParseError::UnknownCommand`], which says what this side serves instead.
+fn unknown_command(line: &[u8], err: ParseError) -> ParseError {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Loose {
+        version: u32,
+        command: String,
+    }
+    if !matches!(&err, ParseError::Json(json) if json.is_data()) {
+        return err;
+    }
+    match parse_line::<Loose>(line) {
+        // A client of another version may well know commands this side does not: the version
+        // is the real reason.
+        Ok(loose) if loose.version != PROTOCOL_VERSION => ParseError::Version {
+            got: loose.version,
+            supported: PROTOCOL_VERSION,
+        },
+        Ok(loose) if !COMMANDS.iter().any(|c| c.to_string() == loose.command) => {
+            ParseError::UnknownCommand {
+                name: loose.command,
+                known: COMMANDS.map(|c| c.to_string()).join(", "),
+            }
+        }
+        _ => err,
+    }
 }
 
 fn parse_line<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T, ParseError> {
@@ -282,7 +469,7 @@ mod tests {
 
     #[test]
     fn request_round_trip() {
-        for command in [Command::Status, Command::Stats, Command::Reload] {
+        for command in COMMANDS {
             let request = Request::new(command);
             let line = request.to_line();
             assert_eq!(line.last(), Some(&b'\n'));
@@ -419,7 +606,7 @@ mod tests {
             b"",
             b"{",
             b"{\"version\":1}",
-            b"{\"version\":1,\"command\":\"launch\"}",
+            b"{\"version\":1,\"command\":7}",
             b"{\"version\":1,\"command\":\"status\",\"extra\":true}",
             b"{\"version\":-1,\"command\":\"status\"}",
             b"{\"version\":1,\"command\":\"status\"}\n{\"version\":1,\"command\":\"status\"}",
@@ -428,6 +615,24 @@ mod tests {
             let err = Request::parse(line).unwrap_err();
             assert!(matches!(err, ParseError::Json(_)), "{line:?}: {err}");
         }
+    }
+
+    #[test]
+    fn unknown_commands_are_named() {
+        let err = Request::parse(b"{\"version\":1,\"command\":\"launch\"}\n").unwrap_err();
+        assert!(
+            matches!(&err, ParseError::UnknownCommand { name, .. } if name == "launch"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "unknown command `launch` (this engine serves: status, stats, reload, peers, maps)"
+        );
+        let err = Request::parse(b"{\"version\":2,\"command\":\"launch\"}").unwrap_err();
+        assert!(matches!(err, ParseError::Version { got: 2, .. }), "{err:?}");
+        // A known command with a stray field stays a plain JSON error.
+        let err = Request::parse(b"{\"version\":1,\"command\":\"stats\",\"x\":1}").unwrap_err();
+        assert!(matches!(err, ParseError::Json(_)), "{err:?}");
     }
 
     #[test]

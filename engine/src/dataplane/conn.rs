@@ -13,6 +13,8 @@ use std::time::Instant;
 use engine_api::config::MapId;
 use engine_proto::wire::{SessionId, StreamId};
 
+use super::stats::MapKind;
+
 /// Largest chunk read from a stream into a connection's send buffer at a time.
 pub(crate) const TX_BUFFER: usize = 256 * 1024;
 
@@ -21,9 +23,13 @@ pub(crate) struct Conn {
     pub(crate) generation: u32,
     pub(crate) fd: OwnedFd,
     pub(crate) map: MapId,
-    /// Accepted on a `maps` listener (else made to an `allow` target): which of the two a
-    /// reload that removes `map` closes.
-    pub(crate) accepted: bool,
+    /// Accepted on a map, or made to an allow target.
+    pub(crate) kind: MapKind,
+    /// When the connection was accepted, or the peer's stream opened (for latency stats).
+    pub(crate) since: Instant,
+    /// Bytes read from the socket into the stream, and written from the stream to the socket.
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
     /// The TCP peer (client of a map, or the target), for logs.
     pub(crate) remote: Option<SocketAddr>,
     pub(crate) state: ConnState,
@@ -71,12 +77,22 @@ impl Conn {
         map: MapId,
         remote: Option<SocketAddr>,
         state: ConnState,
+        since: Instant,
     ) -> Self {
+        // Only connections made to allow targets start out connecting.
+        let kind = if state == ConnState::Connecting {
+            MapKind::Allow
+        } else {
+            MapKind::Listen
+        };
         Self {
             generation,
             fd,
             map,
-            accepted: false,
+            kind,
+            since,
+            bytes_in: 0,
+            bytes_out: 0,
             remote,
             state,
             stream: None,

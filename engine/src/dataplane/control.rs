@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use crossbeam_channel::{Receiver, Sender};
 use engine_api::config::MapId;
-use engine_api::control::{Command, MAX_LINE_LEN, Request, Response, Stats, Status};
+use engine_api::control::{Command, MAX_LINE_LEN, PeerRow, Request, Response, Stats, Status};
 
 use super::reload::{Reconfigure, Reloader};
 use super::stats;
@@ -48,8 +48,7 @@ pub(crate) enum ShardMsg {
     Reconfigure(Box<Reconfigure>),
 }
 
-/// A shard's answer to [`ShardMsg::Stats`].
-pub(crate) type ShardStats = Stats;
+pub(crate) use super::stats::ShardStats;
 
 /// Datagrams waiting to be handed to one shard, at most. The network decides how many
 /// datagrams reach the wrong shard (spoofed resets are fanned out to every shard), so the queue
@@ -122,10 +121,11 @@ impl ShardHandle {
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
-    fn stats(&self) -> Option<Stats> {
+    /// Asks the shard for its stats; the answer arrives on the returned channel.
+    fn request_stats(&self) -> Receiver<ShardStats> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(ShardMsg::Stats(tx));
-        rx.recv_timeout(SHARD_REPLY_TIMEOUT).ok()
+        rx
     }
 }
 
@@ -221,6 +221,12 @@ fn answer(command: Command, context: &ControlContext) -> Response {
             })
         }
         Command::Stats => Response::Stats(collect(context)),
+        Command::Peers => Response::Peers {
+            peers: collect_all(context).1,
+        },
+        Command::Maps => Response::Maps {
+            maps: collect(context).map_rows,
+        },
         Command::Reload => match context.reloader.reload(&context.shards) {
             Ok(reloaded) => Response::Reloaded {
                 maps: reloaded.maps,
@@ -233,15 +239,25 @@ fn answer(command: Command, context: &ControlContext) -> Response {
 }
 
 fn collect(context: &ControlContext) -> Stats {
-    let mut total = Stats {
-        uptime_secs: context.started.elapsed().as_secs(),
-        ..Stats::default()
-    };
-    for shard in &context.shards {
-        // A shard that does not answer in time shows as zeros rather than hiding the others.
-        let stats = shard.stats().unwrap_or_default();
-        stats::add(&mut total, &stats);
-        total.per_shard.push(stats);
-    }
-    total
+    collect_all(context).0
+}
+
+/// Asks every shard and merges the answers; a shard that does not answer within
+/// [`SHARD_REPLY_TIMEOUT`] shows as zeros rather than hiding the others.
+fn collect_all(context: &ControlContext) -> (Stats, Vec<PeerRow>) {
+    // All shards are asked at once and answer in parallel; one deadline bounds the whole wait.
+    let pending: Vec<_> = context
+        .shards
+        .iter()
+        .map(ShardHandle::request_stats)
+        .collect();
+    let deadline = Instant::now() + SHARD_REPLY_TIMEOUT;
+    let answers = pending
+        .into_iter()
+        .map(|rx| {
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .ok()
+        })
+        .collect();
+    stats::merge(context.started.elapsed().as_secs(), answers)
 }

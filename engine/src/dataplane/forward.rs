@@ -114,11 +114,9 @@ impl Shard {
             peer,
             deadline: now + SESSION_WAIT,
         };
-        let (index, _) = self.conns.insert(|generation| {
-            let mut conn = Conn::new(generation, fd, map_id, remote, state);
-            conn.accepted = true;
-            conn
-        });
+        let (index, _) = self
+            .conns
+            .insert(|generation| Conn::new(generation, fd, map_id, remote, state, now));
         match self.peers.session(peer) {
             Some(session) => self.attach_stream(index, session),
             None => {
@@ -140,6 +138,8 @@ impl Shard {
             .map(|session| session.open_stream(map.0));
         match opened {
             Some(Ok(stream)) => {
+                self.telemetry
+                    .stream_opened(map, conn.since, Instant::now());
                 conn.stream = Some((session_id, stream));
                 conn.state = ConnState::Open;
                 self.streams.insert((session_id, stream), index);
@@ -203,6 +203,7 @@ impl Shard {
                 MapId(map_id),
                 Some(target),
                 ConnState::Connecting,
+                Instant::now(),
             );
             conn.stream = Some((session_id, stream));
             // The box moves into the connection; the kernel's pointer to its contents stays
@@ -246,6 +247,8 @@ impl Shard {
         }
         conn.state = ConnState::Open;
         self.counters.streams_connected += 1;
+        self.telemetry
+            .target_connected(conn.map, conn.since, Instant::now());
         self.arm_recv(index);
         self.pump_tx(index);
     }
@@ -299,6 +302,7 @@ impl Shard {
                 };
                 match written {
                     Ok(accepted) => {
+                        conn.bytes_in += data.len() as u64;
                         if accepted < data.len() {
                             conn.pending.extend_from_slice(&data[accepted..]);
                         }
@@ -445,6 +449,7 @@ impl Shard {
             return;
         }
         conn.tx_sent += result as usize;
+        conn.bytes_out += result as u64;
         self.pump_tx(index);
     }
 
@@ -564,8 +569,9 @@ impl Shard {
         if let Some(conn) = self.conns.by_index(index)
             && conn.state == ConnState::Closing
             && conn.inflight == 0
+            && let Some(conn) = self.conns.remove(index)
         {
-            self.conns.remove(index);
+            self.telemetry.connection_freed(&conn);
         }
     }
 }

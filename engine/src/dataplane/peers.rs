@@ -86,6 +86,38 @@ impl Peers {
         self.peers.get(peer)?.sessions.last().copied()
     }
 
+    /// The peer a session (established or being dialled) belongs to.
+    pub(crate) fn peer_of(&self, session: SessionId) -> Option<usize> {
+        self.by_session.get(&session).copied()
+    }
+
+    /// This shard's view of every configured peer, for `ctl peers` (sessions are filled in by
+    /// the control thread). Peers a reload removed keep their slot but are not shown.
+    pub(crate) fn rows(&self, shard: u32) -> Vec<engine_api::control::PeerRow> {
+        self.peers
+            .iter()
+            .filter(|p| !p.removed)
+            .map(|p| engine_api::control::PeerRow {
+                name: p.name.clone(),
+                addr: p.addr.map_or_else(String::new, |a| a.to_string()),
+                state: if !p.sessions.is_empty() {
+                    "up"
+                } else if p.dial.is_some() {
+                    "connecting"
+                } else {
+                    "down"
+                }
+                .to_owned(),
+                shards: if p.sessions.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![shard]
+                },
+                sessions: Vec::new(),
+            })
+            .collect()
+    }
+
     pub(crate) fn name(&self, peer: usize) -> &str {
         self.peers.get(peer).map_or("?", |p| p.name.as_str())
     }

@@ -35,6 +35,7 @@ use engine_proto::SessionConfig;
 use super::control::{ShardHandle, ShardMsg};
 use super::handover::PeerDirectory;
 use super::shard::{Listener, Shard};
+use super::stats::MapKind;
 use super::tcp;
 
 /// How long the control thread waits for one shard to apply a reload.
@@ -284,7 +285,7 @@ impl Shard {
             .conns
             .iter()
             .filter(|(_, c)| {
-                if c.accepted {
+                if c.kind == MapKind::Listen {
                     change.maps_removed.contains(&c.map)
                 } else {
                     change.allow_removed.contains(&c.map)

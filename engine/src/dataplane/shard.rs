@@ -24,8 +24,9 @@ use super::control::{Inbox, ShardHandle, ShardMsg, ShardStats};
 use super::handover::{PeerDirectory, Route, route};
 use super::io::{BackendKind, Completion, Io, IoOp, Op, Token};
 use super::peers::Peers;
+use super::stats::{Counters, Telemetry};
 use super::udp::{self, SendSlot};
-use super::{stats::Counters, steer, tcp};
+use super::{steer, tcp};
 
 /// GSO sends in flight at once.
 const SEND_SLOTS: usize = 64;
@@ -101,6 +102,8 @@ pub(crate) struct Shard {
     pub(crate) streams: HashMap<(SessionId, StreamId), usize>,
     pub(crate) peers: Peers,
     pub(crate) counters: Counters,
+    /// Latency histograms and per-map totals, for `ctl stats`.
+    pub(crate) telemetry: Telemetry,
     inbox: Inbox,
     pub(crate) siblings: Arc<[ShardHandle]>,
     pub(crate) directory: Arc<PeerDirectory>,
@@ -171,6 +174,7 @@ impl Shard {
             streams: HashMap::new(),
             peers,
             counters: Counters::default(),
+            telemetry: Telemetry::new(Instant::now()),
             inbox: setup.inbox,
             siblings: setup.siblings,
             directory: setup.directory,
@@ -212,6 +216,7 @@ impl Shard {
         loop {
             let now = Instant::now();
             self.reap(now);
+            self.sample_rtt(now);
             if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                 self.endpoint.handle_timeout(now);
             }

@@ -256,6 +256,7 @@ impl Session {
         let mut s = self.stats.clone();
         s.rtt_smoothed = self.rtt.smoothed();
         s.rtt_min = self.rtt.min();
+        s.rtt_latest = self.rtt.latest();
         s.pacing_rate = self.cc.pacing_rate();
         s.cwnd = self.cc.cwnd();
         s.bytes_in_flight = self.sent.bytes_in_flight;
@@ -272,6 +273,16 @@ impl Session {
             s.fec_groups_unrecoverable = rx.groups_unrecoverable;
         }
         s
+    }
+
+    /// When the session was created (the handshake completed on this side).
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// Whether the session is up: neither closing, draining nor closed.
+    pub fn is_established(&self) -> bool {
+        self.state == State::Established
     }
 
     /// Whether the session is over and can be dropped.
@@ -663,6 +674,7 @@ impl Session {
         for f in self.sent.frames(&p) {
             if let SentFrame::Stream { len, .. } = f {
                 self.stats.stream_bytes_retransmitted += u64::from(*len);
+                self.stats.stream_frames_retransmitted += 1;
             }
             self.streams.on_frame_lost(f);
         }

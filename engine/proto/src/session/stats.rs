@@ -14,6 +14,8 @@ pub struct SessionStats {
     pub stream_bytes_sent: u64,
     pub stream_bytes_received: u64,
     pub stream_bytes_retransmitted: u64,
+    /// Stream frames carried by packets declared lost (each is sent again).
+    pub stream_frames_retransmitted: u64,
     pub packets_lost: u64,
     /// Packets declared lost that were acknowledged later.
     pub spurious_losses: u64,
@@ -28,6 +30,8 @@ pub struct SessionStats {
     pub migrations: u64,
     pub rtt_smoothed: Duration,
     pub rtt_min: Duration,
+    /// The most recent RTT sample (from the last acknowledgement that gave one).
+    pub rtt_latest: Duration,
     pub pacing_rate: u64,
     pub cwnd: u64,
     pub bytes_in_flight: u64,
