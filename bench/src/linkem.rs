@@ -368,6 +368,11 @@ mod tests {
             .unwrap();
         let n = client.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"pong");
+        // The scheduler counts a packet just after writing it: give the count a moment.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while link.stats_b_to_a().forwarded < 1 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(link.stats_a_to_b().forwarded, 1);
         assert_eq!(link.stats_b_to_a().forwarded, 1);
         drop(link);

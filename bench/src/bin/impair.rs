@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use bench::impair::cli::{Both, Settings};
 use bench::impair::{Impairment, Relay, RelayConfig, parse};
 use clap::Parser;
 
@@ -39,31 +40,6 @@ struct Args {
     /// Seed of the random decisions.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-}
-
-#[derive(Debug, clap::Args)]
-struct Both {
-    /// Loss probability (`5%` or `0.05`).
-    #[arg(long, value_parser = parse::probability)]
-    loss: Option<f64>,
-    /// One-way delay (`20ms`).
-    #[arg(long, value_parser = parse::duration)]
-    delay: Option<Duration>,
-    /// Uniform extra delay 0..=jitter (`5ms`).
-    #[arg(long, value_parser = parse::duration)]
-    jitter: Option<Duration>,
-    /// Probability of holding a datagram back an extra delay (`1%`).
-    #[arg(long, value_parser = parse::probability)]
-    reorder: Option<f64>,
-    /// Duplication probability (`0.5%`).
-    #[arg(long, value_parser = parse::probability)]
-    duplicate: Option<f64>,
-    /// Bottleneck rate (`100mbit`).
-    #[arg(long, value_parser = parse::rate)]
-    rate: Option<u64>,
-    /// Bottleneck drop-tail queue in time at the rate (`50ms`).
-    #[arg(long, value_parser = parse::duration)]
-    queue: Option<Duration>,
 }
 
 /// Declares a per-direction override group with prefixed option names.
@@ -98,6 +74,8 @@ macro_rules! overrides {
                     duplicate: self.duplicate,
                     rate: self.rate,
                     queue: self.queue,
+                    // Burst loss is set for both directions only.
+                    burst_loss: None,
                 }
             }
         }
@@ -126,44 +104,6 @@ overrides!(
     "down-rate",
     "down-queue"
 );
-
-/// Impairment settings, each possibly unset.
-struct Settings {
-    loss: Option<f64>,
-    delay: Option<Duration>,
-    jitter: Option<Duration>,
-    reorder: Option<f64>,
-    duplicate: Option<f64>,
-    rate: Option<u64>,
-    queue: Option<Duration>,
-}
-
-impl Settings {
-    fn apply(&self, mut imp: Impairment) -> Impairment {
-        imp.loss = self.loss.unwrap_or(imp.loss);
-        imp.delay = self.delay.unwrap_or(imp.delay);
-        imp.jitter = self.jitter.unwrap_or(imp.jitter);
-        imp.reorder = self.reorder.unwrap_or(imp.reorder);
-        imp.duplicate = self.duplicate.unwrap_or(imp.duplicate);
-        imp.rate_bits_per_sec = self.rate.or(imp.rate_bits_per_sec);
-        imp.queue = self.queue.unwrap_or(imp.queue);
-        imp
-    }
-}
-
-impl Both {
-    fn settings(&self) -> Settings {
-        Settings {
-            loss: self.loss,
-            delay: self.delay,
-            jitter: self.jitter,
-            reorder: self.reorder,
-            duplicate: self.duplicate,
-            rate: self.rate,
-            queue: self.queue,
-        }
-    }
-}
 
 extern "C" fn on_signal(_: libc::c_int) {
     // Only an atomic store: async-signal-safe.

@@ -14,6 +14,7 @@
 //! Blocking sockets with a short read timeout keep it std-only; the timeout bounds how long
 //! [`Drop`] waits for the readers.
 
+pub mod cli;
 mod decide;
 pub mod parse;
 pub(crate) mod schedule;

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use engine_api::config::{parse_bits_per_sec, parse_duration};
 
+use super::BurstLoss;
+
 /// A probability given as a fraction (`0.05`) or a percentage (`5%`), within 0..=1.
 pub fn probability(s: &str) -> Result<f64, String> {
     let s = s.trim();
@@ -37,6 +39,25 @@ pub fn rate(s: &str) -> Result<u64, String> {
     })
 }
 
+/// Gilbert-Elliott burst loss as `LOSS:BURST`: the long-run loss (a probability below 1) and the
+/// mean number of packets lost in a row (at least 1), e.g. `3%:3`.
+pub fn burst_loss(s: &str) -> Result<BurstLoss, String> {
+    let (loss, burst) = s
+        .split_once(':')
+        .ok_or_else(|| format!("burst loss {s:?} is not LOSS:BURST (e.g. 3%:3)"))?;
+    let mean_loss = probability(loss)?;
+    let mean_burst = number(burst)?;
+    if mean_loss >= 1.0 || mean_burst < 1.0 {
+        return Err(format!(
+            "burst loss {s:?}: the loss must be below 100% and the burst at least 1"
+        ));
+    }
+    Ok(BurstLoss {
+        mean_loss,
+        mean_burst,
+    })
+}
+
 fn number(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .trim()
@@ -51,6 +72,20 @@ fn number(s: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn burst_losses() {
+        assert_eq!(
+            burst_loss("3%:3"),
+            Ok(BurstLoss {
+                mean_loss: 0.03,
+                mean_burst: 3.0
+            })
+        );
+        for bad in ["3%", "3%:0.5", "100%:2", "x:2", "3%:y"] {
+            assert!(burst_loss(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn probabilities() {
