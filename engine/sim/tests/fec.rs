@@ -143,13 +143,7 @@ impl Node for RpcNode {
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
-        let t = self.endpoint.poll_transmit(now, &mut self.tx_buf)?;
-        buf.extend_from_slice(&self.tx_buf[..t.size]);
-        Some(Transmit {
-            destination: t.destination,
-            size: t.size,
-            segment_size: t.segment_size,
-        })
+        harness::transmit(&mut self.endpoint, now, &mut self.tx_buf, buf)
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {

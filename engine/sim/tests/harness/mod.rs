@@ -261,13 +261,7 @@ impl Node for Peer {
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
-        let t = self.endpoint.poll_transmit(now, &mut self.tx_buf)?;
-        buf.extend_from_slice(&self.tx_buf[..t.size]);
-        Some(Transmit {
-            destination: t.destination,
-            size: t.size,
-            segment_size: t.segment_size,
-        })
+        transmit(&mut self.endpoint, now, &mut self.tx_buf, buf)
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
@@ -282,6 +276,23 @@ impl Node for Peer {
     fn on_step(&mut self, now: Instant) {
         self.pump_app(now);
     }
+}
+
+/// The endpoint's next datagram(s), written through `scratch` into the simulator's `buf`: the
+/// glue every node wrapping an [`Endpoint`] needs for [`Node::poll_transmit`].
+pub fn transmit(
+    endpoint: &mut Endpoint,
+    now: Instant,
+    scratch: &mut [u8],
+    buf: &mut Vec<u8>,
+) -> Option<Transmit> {
+    let t = endpoint.poll_transmit(now, scratch)?;
+    buf.extend_from_slice(&scratch[..t.size]);
+    Some(Transmit {
+        destination: t.destination,
+        size: t.size,
+        segment_size: t.segment_size,
+    })
 }
 
 pub fn psk() -> Psk {
