@@ -356,19 +356,7 @@ mod tests {
     }
 
     fn base(extra: &str) -> Config {
-        parse(&format!(
-            "key: {KEY}
-listen: 0.0.0.0:4000
-peers:
-  - {{name: edge, addr: 127.0.0.1:5000}}
-  - {{name: laptop}}
-maps:
-  - {{id: 1, listen: 127.0.0.1:9001, peer: edge}}
-  - {{id: 2, listen: 127.0.0.1:9002, peer: laptop}}
-allow:
-  - {{id: 7, target: 127.0.0.1:22}}
-{extra}"
-        ))
+        parse(&format!("{}{extra}", base_text()))
     }
 
     #[test]

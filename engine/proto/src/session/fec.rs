@@ -82,21 +82,31 @@ impl Codecs {
     }
 }
 
-/// What closing a group means for loss detection of its members.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What closing a group means for loss detection of its members: packets `first_pn`,
+/// `first_pn + stride`, ... (`count` of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ClosedGroup {
-    pub members: Vec<u64>,
+    pub first_pn: u64,
+    pub stride: u64,
+    pub count: usize,
     /// Whether parity was sent for it.
     pub protected: bool,
+}
+
+impl ClosedGroup {
+    pub fn members(&self) -> impl Iterator<Item = u64> + use<> {
+        let (first, stride) = (self.first_pn, self.stride);
+        (0..self.count as u64).map(move |j| first + j * stride)
+    }
 }
 
 /// One lane's open group on the sending side.
 #[derive(Debug, Default)]
 struct OpenGroup {
     first_pn: u64,
-    /// Sealed copies of the members, in packet-number order.
+    /// Sealed copies of the members, in packet-number order (`first_pn`, `first_pn + stride`,
+    /// ...). The vector is kept across groups; the copies' buffers go back to the pool.
     members: Vec<Vec<u8>>,
-    pns: Vec<u64>,
     /// Whether any member is ack-eliciting (otherwise nothing needs recovering).
     eliciting: bool,
     deadline: Option<Instant>,
@@ -182,7 +192,6 @@ impl FecSender {
             group.deadline = Some(now + flush);
         }
         group.members.push(buf);
-        group.pns.push(pn);
         group.eliciting |= eliciting;
         if group.members.len() >= max_data {
             return Some(self.close(lane, backlog, session));
@@ -206,14 +215,16 @@ impl FecSender {
 
     /// Closes lane `lane`'s group (if open): picks the parity count and queues the parity.
     pub fn close(&mut self, lane: usize, backlog: bool, session: SessionId) -> ClosedGroup {
+        let stride = self.lanes.len() as u64;
         let Some(group) = self.lanes.get_mut(lane) else {
             return ClosedGroup {
-                members: Vec::new(),
+                first_pn: 0,
+                stride,
+                count: 0,
                 protected: false,
             };
         };
         let mut members = std::mem::take(&mut group.members);
-        let pns = std::mem::take(&mut group.pns);
         let eliciting = std::mem::replace(&mut group.eliciting, false);
         let first_pn = group.first_pn;
         group.deadline = None;
@@ -249,9 +260,15 @@ impl FecSender {
                 0.0
             };
         }
+        // `append` leaves `members` empty with its capacity, for the lane's next group.
         self.spare.append(&mut members);
+        if let Some(group) = self.lanes.get_mut(lane) {
+            group.members = members;
+        }
         ClosedGroup {
-            members: pns,
+            first_pn,
+            stride,
+            count: data,
             protected,
         }
     }
@@ -890,6 +907,22 @@ mod tests {
     }
 
     #[test]
+    fn an_interleaved_group_names_its_lane_members() {
+        let t0 = Instant::now();
+        let mut tx = FecSender::new(fixed(3, 1, 4));
+        let flush = Duration::from_millis(5);
+        let closed: Vec<ClosedGroup> = (0..12)
+            .filter_map(|pn| tx.on_sent(t0, pn, &packet(pn, 10), true, flush, false, SID))
+            .collect();
+        let members: Vec<Vec<u64>> = closed.iter().map(|c| c.members().collect()).collect();
+        assert_eq!(
+            members,
+            [vec![0, 4, 8], vec![1, 5, 9], vec![2, 6, 10], vec![3, 7, 11]]
+        );
+        assert!(closed.iter().all(|c| c.protected));
+    }
+
+    #[test]
     fn ack_only_groups_and_idle_lanes_get_no_parity() {
         let t0 = Instant::now();
         let mut tx = FecSender::new(fixed(2, 1, 1));
@@ -899,10 +932,13 @@ mod tests {
         assert_eq!(
             closed,
             Some(ClosedGroup {
-                members: vec![0, 1],
+                first_pn: 0,
+                stride: 1,
+                count: 2,
                 protected: false
             })
         );
+        assert_eq!(closed.unwrap().members().collect::<Vec<_>>(), [0, 1]);
         assert!(!tx.has_parity());
         assert_eq!(tx.deadline(), None, "nothing open, no timer");
         tx.on_sent(t0, 2, &packet(2, 10), true, flush, false, SID);

@@ -781,7 +781,7 @@ impl Session {
     /// about to rebuild); without, by their own numbers again.
     fn on_group_closed(&mut self, now: Instant, closed: &ClosedGroup) {
         let last_sent = self.next_pn.saturating_sub(1);
-        for &pn in &closed.members {
+        for pn in closed.members() {
             if closed.protected {
                 self.sent.release_from_group(pn, last_sent, now);
             } else {
