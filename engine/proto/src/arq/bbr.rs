@@ -463,7 +463,22 @@ impl Bbr {
 
     fn gain_rate(&self, gain: f64, bw: u64) -> u64 {
         let rate = (gain * PACING_MARGIN * bw as f64) as u64;
-        self.cap_rate(rate)
+        self.cap_rate(rate.max(self.min_packet_rate()))
+    }
+
+    /// One full-size packet per minimum RTT: the least a session paces at. It matters after a
+    /// quiet spell, when an idle session's estimate comes from app-limited samples (keepalive
+    /// pings): two such sessions were measured pacing at 37 bytes/s on loopback, so the next
+    /// connection on them crawled (seen by the reload test with two shards). A packet per
+    /// round trip is far below any path's capacity, so the floor never outpaces a real one.
+    fn min_packet_rate(&self) -> u64 {
+        match self.min_rtt {
+            Some(rtt) if !rtt.is_zero() => {
+                let rate = u128::from(self.config.mtu) * 1_000_000_000 / rtt.as_nanos();
+                u64::try_from(rate).unwrap_or(u64::MAX)
+            }
+            _ => 0,
+        }
     }
 
     fn cap_rate(&self, rate: u64) -> u64 {
@@ -651,6 +666,25 @@ mod tests {
             bbr.bw.get()
         );
         assert!(bbr.pacing_rate() >= floor, "{}", bbr.pacing_rate());
+    }
+
+    #[test]
+    fn an_idle_sessions_tiny_estimate_still_paces_a_packet_per_round_trip() {
+        let t0 = Instant::now();
+        let mut bbr = Bbr::new(BbrConfig::default(), t0);
+        // What app-limited keepalive samples left behind: a few dozen bytes per second.
+        bbr.bw.update(0, 37);
+        bbr.min_rtt = Some(Duration::from_micros(300));
+        bbr.filled_pipe = true;
+        let mut rtt = RttEstimator::new(Duration::from_millis(100), Default::default());
+        rtt.update(Duration::ZERO, Duration::from_micros(300));
+        bbr.update_pacing_rate(&rtt);
+        let floor = BbrConfig::default().mtu * 1_000_000 / 300;
+        assert!(
+            bbr.pacing_rate() >= floor,
+            "{} < {floor}",
+            bbr.pacing_rate()
+        );
     }
 
     #[test]
