@@ -14,6 +14,7 @@
 
 pub mod impair;
 pub mod linkem;
+pub mod lossbench;
 pub mod rr;
 
 use std::net::SocketAddr;
