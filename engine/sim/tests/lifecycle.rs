@@ -327,3 +327,44 @@ fn an_idle_lossy_long_path_is_never_declared_dead() {
         );
     }
 }
+
+#[test]
+fn an_idle_session_keeps_its_bandwidth_estimate() {
+    // Keepalives are the only traffic of an idle session. Their delivery samples are
+    // app-limited and must neither end Startup nor become the bandwidth estimate: first for a
+    // session idle from its start, then for one that carried a transfer (100 Mbit/s, 50 ms RTT).
+    let link = LinkConfig::new()
+        .rate_bps(100_000_000)
+        .delay(Duration::from_millis(25));
+    let mut pair = Pair::new(5, SessionConfig::default(), link.clone(), link);
+    let (c, s) = (pair.client, pair.server);
+    let pacing = |pair: &Pair| {
+        let node = pair.sim.node(c);
+        node.endpoint.sessions().next().unwrap().stats().pacing_rate
+    };
+    pair.run(Duration::from_secs(60), |_, _| false);
+    // The initial rate: 32 packets per 50 ms at Startup's gain, about 2.6 MB/s.
+    let fresh = pacing(&pair);
+    assert!(
+        fresh >= 1_000_000,
+        "paced {fresh} bytes/s after a minute idle from the start"
+    );
+    pair.sim.node_mut(c).plan.push((1, 8 << 20));
+    let outcome = pair.run(Duration::from_secs(30), |_, s| s.all_received(1, 8 << 20));
+    assert_eq!(outcome, RunOutcome::Done);
+    let after_transfer = pacing(&pair);
+    assert!(
+        after_transfer > 5_000_000,
+        "{after_transfer} bytes/s after the transfer"
+    );
+    pair.run(Duration::from_secs(60), |_, _| false);
+    let after_idle = pacing(&pair);
+    assert!(
+        pair.sim.node(s).closed.is_empty(),
+        "the idle session stays up"
+    );
+    assert!(
+        after_idle >= after_transfer / 2,
+        "paced {after_idle} bytes/s after a minute idle, {after_transfer} before"
+    );
+}

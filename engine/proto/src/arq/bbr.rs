@@ -326,7 +326,12 @@ impl Bbr {
         }
 
         if let Some(end) = round_end {
-            self.on_round_end(now, &end, sample.is_some_and(|s| s.is_app_limited));
+            // A round without a valid rate sample says nothing about the pipe, like an
+            // app-limited one (Linux does not even end the round then). Counted as evidence,
+            // the keepalive rounds of an idle session "found" the pipe full at a few hundred
+            // bytes per second and ended Startup there.
+            let no_evidence = sample.is_none_or(|s| s.is_app_limited);
+            self.on_round_end(now, &end, no_evidence);
         }
         self.update_state(now, bytes_in_flight);
         self.update_pacing_rate(rtt);
