@@ -289,6 +289,33 @@ fn read_loop(shared: &Shared, side: usize) {
     }
 }
 
+/// Deletes the namespaces of links whose process is gone (killed before it could clean up);
+/// returns how many. A namespace is named `lkem<pid>x<n>a|b` after the process that made it.
+pub fn remove_stale_namespaces() -> io::Result<usize> {
+    let out = Command::new("ip").args(["netns", "list"]).output()?;
+    let mut removed = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = owner_pid(name) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && ip(&["netns", "del", name]).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The pid in a link namespace's name (`lkem1234x0a` -> 1234).
+fn owner_pid(namespace: &str) -> Option<u32> {
+    let rest = namespace.strip_prefix("lkem")?;
+    let (pid, tail) = rest.split_once('x')?;
+    let side_ok = tail.ends_with('a') || tail.ends_with('b');
+    if side_ok { pid.parse().ok() } else { None }
+}
+
 /// Runs `f` on a thread inside network namespace `ns` (sockets it opens stay there) and
 /// returns its result.
 pub fn in_namespace<T: Send + 'static>(
@@ -379,6 +406,23 @@ mod tests {
         let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
         let listed = String::from_utf8_lossy(&listed.stdout);
         assert!(!listed.contains(&a) && !listed.contains(&b), "{listed}");
+    }
+
+    #[test]
+    fn stale_namespaces_are_recognised_by_their_owner() {
+        assert_eq!(owner_pid("lkem1234x0a"), Some(1234));
+        assert_eq!(owner_pid("lkem1234x17b"), Some(1234));
+        assert_eq!(owner_pid("lkemx0a"), None);
+        assert_eq!(owner_pid("other"), None);
+        // A namespace of a pid that cannot exist (above pid_max) is removed; ours is kept.
+        let stale = "lkem4194305x0a";
+        ip(&["netns", "add", stale]).unwrap();
+        let link = Link::start(LinkConfig::default()).unwrap();
+        assert!(remove_stale_namespaces().unwrap() >= 1);
+        let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        assert!(!listed.contains(stale), "{listed}");
+        assert!(listed.contains(link.namespace_a()), "{listed}");
     }
 
     #[test]

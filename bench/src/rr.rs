@@ -8,13 +8,18 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Echoes every connection on `listener` until the process ends (one thread per connection).
-pub fn serve(listener: TcpListener) -> io::Result<()> {
+/// Echoes every connection on `listener` until the process ends (one thread per connection);
+/// `congestion` names the TCP congestion control of each connection (None: the kernel's default).
+pub fn serve(listener: TcpListener, congestion: Option<&str>) -> io::Result<()> {
     for stream in listener.incoming() {
         let mut stream = stream?;
+        if let Some(name) = congestion {
+            set_congestion(&stream, name)?;
+        }
         thread::spawn(move || {
             let _ = stream.set_nodelay(true);
             let mut buf = [0u8; 4096];
@@ -31,6 +36,52 @@ pub fn serve(listener: TcpListener) -> io::Result<()> {
         });
     }
     Ok(())
+}
+
+/// Switches `stream` to TCP congestion control `name` (`cubic`, `bbr`); Linux allows it on a
+/// connected socket, and the error names an algorithm the kernel lacks.
+pub fn set_congestion(stream: &TcpStream, name: &str) -> io::Result<()> {
+    // SAFETY: setsockopt reads `name.len()` bytes from a valid buffer.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let err = io::Error::last_os_error();
+        Err(io::Error::new(
+            err.kind(),
+            format!("TCP congestion control {name:?}: {err}"),
+        ))
+    }
+}
+
+/// The TCP congestion control `stream` uses.
+pub fn congestion(stream: &TcpStream) -> io::Result<String> {
+    let mut buf = [0u8; 32];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `buf` and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let name = &buf[..(len as usize).min(buf.len())];
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
 }
 
 /// What a client run measured.
@@ -55,16 +106,21 @@ impl Latencies {
 }
 
 /// Sends `count` requests of `size` bytes to `server`, one every `interval`, and times each;
-/// gives up on what is still unanswered `grace` after the last request.
+/// gives up on what is still unanswered `grace` after the last request. `congestion` as for
+/// [`serve`].
 pub fn run_client(
     server: SocketAddr,
     count: usize,
     size: usize,
     interval: Duration,
     grace: Duration,
+    congestion: Option<&str>,
 ) -> io::Result<Latencies> {
     let stream = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
     stream.set_nodelay(true)?;
+    if let Some(name) = congestion {
+        set_congestion(&stream, name)?;
+    }
     let mut reader = stream.try_clone()?;
     let mut writer = stream;
     let start = Instant::now();
@@ -133,13 +189,14 @@ mod tests {
     fn every_request_is_timed_over_loopback() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        thread::spawn(move || serve(listener));
+        thread::spawn(move || serve(listener, None));
         let l = run_client(
             addr,
             50,
             64,
             Duration::from_millis(2),
             Duration::from_secs(5),
+            None,
         )
         .unwrap();
         assert_eq!((l.samples.len(), l.unanswered), (50, 0));
@@ -163,10 +220,34 @@ mod tests {
             64,
             Duration::from_millis(1),
             Duration::from_millis(200),
+            None,
         )
         .unwrap();
         assert_eq!((l.samples.len(), l.unanswered), (0, 5));
         assert_eq!(l.quantile(0.5), None);
+    }
+
+    #[test]
+    fn the_congestion_control_is_set_on_both_ends() {
+        // Reno is built into every kernel; the default here may be cubic or bbr.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || serve(listener, Some("reno")));
+        let l = run_client(
+            addr,
+            5,
+            64,
+            Duration::from_millis(1),
+            Duration::from_secs(5),
+            Some("reno"),
+        )
+        .unwrap();
+        assert_eq!(l.samples.len(), 5);
+        let s = TcpStream::connect(addr).unwrap();
+        set_congestion(&s, "reno").unwrap();
+        assert_eq!(congestion(&s).unwrap(), "reno");
+        let err = set_congestion(&s, "no-such-algorithm").unwrap_err();
+        assert!(err.to_string().contains("no-such-algorithm"), "{err}");
     }
 
     #[test]

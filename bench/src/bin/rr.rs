@@ -22,6 +22,9 @@ enum Cmd {
     Serve {
         #[arg(long)]
         listen: SocketAddr,
+        /// TCP congestion control of the connections (`cubic`, `bbr`); default: the kernel's.
+        #[arg(long)]
+        congestion: Option<String>,
     },
     /// Time request/response round trips.
     Client {
@@ -36,20 +39,34 @@ enum Cmd {
         /// How long to wait for answers after the last request.
         #[arg(long, default_value = "5s", value_parser = parse::duration)]
         grace: Duration,
+        /// TCP congestion control of the connection; default: the kernel's.
+        #[arg(long)]
+        congestion: Option<String>,
     },
 }
 
 fn main() {
     let args = Args::parse();
     let result = match args.command {
-        Cmd::Serve { listen } => TcpListener::bind(listen).and_then(serve),
+        Cmd::Serve { listen, congestion } => {
+            TcpListener::bind(listen).and_then(|l| serve(l, congestion.as_deref()))
+        }
         Cmd::Client {
             connect,
             count,
             size,
             interval,
             grace,
-        } => run_client(connect, count, size.max(1), interval, grace).map(|l| {
+            congestion,
+        } => run_client(
+            connect,
+            count,
+            size.max(1),
+            interval,
+            grace,
+            congestion.as_deref(),
+        )
+        .map(|l| {
             let us = |q: f64| l.quantile(q).map_or(-1, |d| d.as_micros() as i64);
             println!(
                 "{{\"answered\":{},\"unanswered\":{},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"max_us\":{}}}",

@@ -54,9 +54,28 @@ impl Impairer {
     }
 
     /// Decides the fate of a datagram of `len` bytes arriving at `now`. Arrivals must be passed
-    /// in order (`now` never decreases); the random draws happen in a fixed order (loss, jitter,
-    /// reorder, duplicate), each only when its setting is non-zero.
+    /// in order (`now` never decreases); the random draws happen in a fixed order (loss, burst
+    /// chain, jitter, reorder, duplicate), each only when its setting is non-zero and only for
+    /// datagrams the bottleneck's queue accepted.
     pub(crate) fn decide(&mut self, now: Instant, len: usize) -> Verdict {
+        // The bottleneck serialises datagrams one after another; a datagram that would wait
+        // longer than the queue's length in time finds the queue full.
+        let departure = match self.config.rate_bits_per_sec {
+            Some(rate) if rate > 0 => {
+                let start = self.link_free_at.map_or(now, |t| t.max(now));
+                if start.duration_since(now) > self.config.queue {
+                    return Verdict::DropQueue;
+                }
+                let nanos = (len as u128 * 8 * 1_000_000_000).div_ceil(u128::from(rate));
+                let done = start + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+                self.link_free_at = Some(done);
+                done
+            }
+            _ => now,
+        };
+        // Losses happen on the wire after the bottleneck, as on a radio link: a lost datagram
+        // has used its share of the rate, so a lossy profile's capacity is rate x (1 - loss).
+        // (tc netem drops before its rate limit; scripts/netem.sh says so.)
         if self.chance(self.config.loss) {
             return Verdict::DropLoss;
         }
@@ -75,21 +94,6 @@ impl Impairer {
                 return Verdict::DropLoss;
             }
         }
-        // The bottleneck serialises datagrams one after another; a datagram that would wait
-        // longer than the queue's length in time finds the queue full.
-        let departure = match self.config.rate_bits_per_sec {
-            Some(rate) if rate > 0 => {
-                let start = self.link_free_at.map_or(now, |t| t.max(now));
-                if start.duration_since(now) > self.config.queue {
-                    return Verdict::DropQueue;
-                }
-                let nanos = (len as u128 * 8 * 1_000_000_000).div_ceil(u128::from(rate));
-                let done = start + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
-                self.link_free_at = Some(done);
-                done
-            }
-            _ => now,
-        };
         let mut release = departure + self.config.delay + self.jitter();
         let reordered = self.chance(self.config.reorder);
         if reordered {
@@ -318,6 +322,30 @@ mod tests {
                 reordered: false
             }
         );
+    }
+
+    #[test]
+    fn a_lost_datagram_has_used_its_share_of_the_bottleneck() {
+        // As in the test above, the queue takes 11 datagrams at once; half of them are then lost
+        // on the wire, but the rest still find the queue full: losses free no capacity.
+        let t0 = Instant::now();
+        let mut imp = Impairer::new(
+            Impairment {
+                rate_bits_per_sec: Some(11_200_000),
+                queue: Duration::from_millis(10),
+                loss: 0.5,
+                ..Impairment::default()
+            },
+            1,
+        );
+        let verdicts: Vec<_> = (0..40).map(|_| imp.decide(t0, 1400)).collect();
+        let accepted = verdicts
+            .iter()
+            .filter(|v| **v != Verdict::DropQueue)
+            .count();
+        let lost = verdicts.iter().filter(|v| **v == Verdict::DropLoss).count();
+        assert_eq!(accepted, 11, "{verdicts:?}");
+        assert!((1..11).contains(&lost), "{verdicts:?}");
     }
 
     #[test]

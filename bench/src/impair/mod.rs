@@ -121,6 +121,8 @@ pub struct RelayConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayStats {
     pub received: u64,
+    /// Bytes of the received datagrams (what the sender put on the wire).
+    pub bytes_received: u64,
     pub forwarded: u64,
     pub dropped_loss: u64,
     pub dropped_queue: u64,
@@ -136,6 +138,7 @@ impl ops::Add for RelayStats {
     fn add(self, o: Self) -> Self {
         Self {
             received: self.received + o.received,
+            bytes_received: self.bytes_received + o.bytes_received,
             forwarded: self.forwarded + o.forwarded,
             dropped_loss: self.dropped_loss + o.dropped_loss,
             dropped_queue: self.dropped_queue + o.dropped_queue,
@@ -150,8 +153,9 @@ impl fmt::Display for RelayStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received {} forwarded {} dropped_loss {} dropped_queue {} duplicated {} reordered {} late_releases {}",
+            "received {} ({} bytes) forwarded {} dropped_loss {} dropped_queue {} duplicated {} reordered {} late_releases {}",
             self.received,
+            self.bytes_received,
             self.forwarded,
             self.dropped_loss,
             self.dropped_queue,
@@ -584,6 +588,7 @@ mod tests {
             },
             RelayStats {
                 received: 2,
+                bytes_received: 65_000 + 5,
                 forwarded: 2,
                 ..RelayStats::default()
             }

@@ -47,6 +47,9 @@ impl<D: Clone> Direction<D> {
     /// Decides the fate of a received datagram and schedules its release.
     pub(crate) fn submit(&self, blackhole: bool, data: &[u8], dest: D) {
         self.counters.received.fetch_add(1, Relaxed);
+        self.counters
+            .bytes_received
+            .fetch_add(data.len() as u64, Relaxed);
         if blackhole {
             self.counters.dropped_loss.fetch_add(1, Relaxed);
             return;
@@ -146,6 +149,7 @@ impl<D: Clone> Direction<D> {
 #[derive(Default)]
 pub(crate) struct Counters {
     received: AtomicU64,
+    bytes_received: AtomicU64,
     forwarded: AtomicU64,
     pub(crate) dropped_loss: AtomicU64,
     dropped_queue: AtomicU64,
@@ -158,6 +162,7 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> RelayStats {
         RelayStats {
             received: self.received.load(Relaxed),
+            bytes_received: self.bytes_received.load(Relaxed),
             forwarded: self.forwarded.load(Relaxed),
             dropped_loss: self.dropped_loss.load(Relaxed),
             dropped_queue: self.dropped_queue.load(Relaxed),

@@ -2,4 +2,10 @@
 //! links ([`crate::linkem`]), measured for bulk goodput, request/response latency, bytes on the
 //! wire and CPU, and reported as a markdown table and plots. `scripts/lossbench.sh` starts it.
 
+pub mod measure;
 pub mod model;
+pub mod process;
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod tunnel;
