@@ -3,3 +3,4 @@
 //! wire and CPU, and reported as a markdown table and plots. `scripts/lossbench.sh` starts it.
 
 pub mod model;
+pub mod report;
