@@ -63,13 +63,13 @@ impl Profile {
 
     /// One line for tables: `50 ms RTT, 100 Mbit/s, 5% loss`.
     pub fn describe(&self) -> String {
-        let rate = if self.rate_bps % 1_000_000 == 0 {
+        let rate = if self.rate_bps.is_multiple_of(1_000_000) {
             format!("{} Mbit/s", self.rate_bps / 1_000_000)
         } else {
             format!("{:.1} Mbit/s", self.rate_bps as f64 / 1e6)
         };
         let loss = match (self.loss, self.burst) {
-            (l, _) if l == 0.0 => "no loss".to_owned(),
+            (0.0, _) => "no loss".to_owned(),
             (l, None) => format!("{}% loss", l * 100.0),
             (l, Some(b)) => format!("{}% loss in bursts of {b}", l * 100.0),
         };
