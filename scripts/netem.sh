@@ -10,17 +10,21 @@
 #   scripts/netem.sh clear DEV                 remove what `apply` added
 #   DRY_RUN=1 scripts/netem.sh apply ...       print the tc/ip commands instead of running them
 #
-# Each one-way delay is half the profile's RTT; the rate is the profile's in each direction; the
-# queue is 50 ms at that rate (netem's limit is in packets: rate x 50 ms / 1500 bytes).
+# The profiles are lossbench's (bench/src/lossbench/model.rs, same names): each one-way delay is
+# half the profile's RTT; the rate is the profile's in each direction; the queue is the
+# profile's (one RTT, at least 20 ms) at that rate (netem's limit is in packets: rate x queue /
+# 1500 bytes). One difference remains: netem drops lost packets before its rate limit, linkem
+# after its bottleneck (a lost packet has used its share of the rate), so on netem a lossy
+# profile's capacity is the full rate rather than rate x (1 - loss).
 set -euo pipefail
 
-# name | one-way delay | rate | loss (netem syntax)
-PROFILES='clean-200mbit|0ms|200mbit|
-rtt50-100mbit-0|25ms|100mbit|
-rtt50-100mbit-1pct|25ms|100mbit|loss random 1%
-rtt50-100mbit-5pct|25ms|100mbit|loss random 5%
-rtt100-50mbit-10pct|50ms|50mbit|loss random 10%
-rtt50-100mbit-burst3pct|25ms|100mbit|loss gemodel 1.03% 33.3% 100% 0%'
+# name | one-way delay | rate | queue in ms | loss (netem syntax)
+PROFILES='clean|0ms|200mbit|20|
+rtt50|25ms|100mbit|50|
+rtt50-1pct|25ms|100mbit|50|loss random 1%
+rtt50-5pct|25ms|100mbit|50|loss random 5%
+rtt100-10pct|50ms|50mbit|100|loss random 10%
+rtt50-burst3pct|25ms|100mbit|50|loss gemodel 1.03% 33.3% 100% 0%'
 
 run() {
     if [ "${DRY_RUN:-0}" = 1 ]; then
@@ -40,28 +44,29 @@ profile() {
     echo "$line"
 }
 
-# Packets in 50 ms at RATE (e.g. 100mbit), at 1500 bytes each; at least 10.
+# Packets in QUEUE_MS at RATE (e.g. 100mbit), at 1500 bytes each; at least 10.
 limit_for() {
-    local mbit=${1%mbit}
-    echo $(((mbit * 1000000 / 8 * 50 / 1000 / 1500) > 10 ? (mbit * 1000000 / 8 * 50 / 1000 / 1500) : 10))
+    local mbit=${1%mbit} queue_ms=$2
+    local packets=$((mbit * 1000000 / 8 * queue_ms / 1000 / 1500))
+    echo $((packets > 10 ? packets : 10))
 }
 
 netem_args() {
-    local delay=$1 rate=$2 loss=$3
-    echo "delay $delay rate $rate limit $(limit_for "$rate") $loss"
+    local delay=$1 rate=$2 queue_ms=$3 loss=$4
+    echo "delay $delay rate $rate limit $(limit_for "$rate" "$queue_ms") $loss"
 }
 
 case "${1:-}" in
 list)
-    printf '%s\n' "$PROFILES" | awk -F'|' '{printf "%-26s one-way delay %-5s rate %-8s %s\n", $1, $2, $3, ($4 == "" ? "no loss" : $4)}'
+    printf '%s\n' "$PROFILES" | awk -F'|' '{printf "%-16s one-way delay %-5s rate %-8s queue %3s ms  %s\n", $1, $2, $3, $4, ($5 == "" ? "no loss" : $5)}'
     ;;
 apply)
     [ $# -eq 3 ] || { echo "usage: scripts/netem.sh apply PROFILE DEV" >&2; exit 2; }
     line=$(profile "$2") || exit 2
-    IFS='|' read -r _ delay rate loss <<<"$line"
+    IFS='|' read -r _ delay rate queue_ms loss <<<"$line"
     dev=$3
     ifb="ifb-${dev:0:11}"
-    args=$(netem_args "$delay" "$rate" "$loss")
+    args=$(netem_args "$delay" "$rate" "$queue_ms" "$loss")
     run modprobe sch_netem
     run modprobe ifb
     # Egress.

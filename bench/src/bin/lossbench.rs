@@ -23,7 +23,7 @@ const QUICK_TUNNELS: [&str; 4] = ["tcp", "kcptun", "coretun", "coretun-tuned"];
 #[derive(Debug, Parser)]
 #[command(name = "lossbench")]
 struct Args {
-    /// Fewer profiles and tunnels, shorter runs (about 2 minutes instead of 12).
+    /// Fewer profiles and tunnels, shorter runs (about 2 minutes instead of 13).
     #[arg(long)]
     quick: bool,
     /// Results folder (results.md, results.json, plots).
@@ -35,13 +35,16 @@ struct Args {
     /// Comma-separated tunnel names (default: all, or the quick set).
     #[arg(long, value_delimiter = ',')]
     tunnels: Vec<String>,
-    /// Measured seconds of each bulk transfer (default 8; 3 with --quick).
+    /// Bulk transfers per cell; the median goodput is quoted (default 3; 1 with --quick).
+    #[arg(long)]
+    bulk_runs: Option<u64>,
+    /// Measured seconds of each bulk transfer (default 4; 3 with --quick).
     #[arg(long)]
     bulk_seconds: Option<u64>,
     /// Warm-up seconds before the measurement (default 2; 1 with --quick).
     #[arg(long)]
     warmup_seconds: Option<u64>,
-    /// Request/response round trips per cell, one every 10 ms (default 500; 150 with --quick).
+    /// Request/response round trips per cell, one every 10 ms (default 400; 150 with --quick).
     #[arg(long)]
     rr_count: Option<u64>,
     /// Seed of the link's random decisions.
@@ -129,11 +132,15 @@ fn options(args: &Args) -> Result<Options, String> {
             .into_iter()
             .filter(|t| tunnel_names.contains(&t.name))
             .collect(),
-        bulk_seconds: args.bulk_seconds.unwrap_or(if args.quick { 3 } else { 8 }),
+        bulk_runs: args
+            .bulk_runs
+            .unwrap_or(if args.quick { 1 } else { 3 })
+            .max(1),
+        bulk_seconds: args.bulk_seconds.unwrap_or(if args.quick { 3 } else { 4 }),
         warmup_seconds: args
             .warmup_seconds
             .unwrap_or(if args.quick { 1 } else { 2 }),
-        rr_count: args.rr_count.unwrap_or(if args.quick { 150 } else { 500 }),
+        rr_count: args.rr_count.unwrap_or(if args.quick { 150 } else { 400 }),
         rr_interval: Duration::from_millis(10),
         quick: args.quick,
         seed: args.seed,

@@ -37,7 +37,8 @@ impl Profile {
     /// packet on this link, in bits per second of delivered payload. Losses happen after the
     /// bottleneck (see `impair::decide`), so a lost packet has used its share of the rate.
     pub fn ceiling_bps(&self) -> f64 {
-        let share = f64::from(self.mtu - TCP_IPV4_HEADERS) / f64::from(self.mtu);
+        let share =
+            f64::from(self.mtu.saturating_sub(TCP_IPV4_HEADERS)) / f64::from(self.mtu.max(1));
         self.rate_bps as f64 * (1.0 - self.loss) * share
     }
 
@@ -109,15 +110,19 @@ pub fn standard_profiles() -> Vec<Profile> {
 pub struct Cell {
     pub profile: String,
     pub tunnel: String,
-    /// Bulk goodput (iperf3, one TCP stream, after the warm-up), bits per second.
+    /// Bulk goodput (iperf3, one TCP stream, after the warm-up), bits per second: the median
+    /// of [`Cell::goodput_runs_bps`].
     pub goodput_bps: Option<f64>,
+    /// Each bulk run's goodput, in the order run.
+    #[serde(default)]
+    pub goodput_runs_bps: Vec<f64>,
     /// 64-byte request/response round trips: median and 99th percentile, microseconds.
     pub rr_p50_us: Option<f64>,
     pub rr_p99_us: Option<f64>,
     /// Requests without an answer by the end of the run.
     pub rr_unanswered: Option<u64>,
-    /// IP bytes offered to the link (both directions) per payload byte delivered, over the
-    /// whole bulk run.
+    /// IP bytes offered to the link (both directions) per payload byte delivered, over all
+    /// bulk runs (warm-ups included).
     pub wire_per_delivered: Option<f64>,
     /// CPU seconds (user + system) of the tunnel's processes on both nodes per GB delivered.
     pub cpu_s_per_gb: Option<f64>,
@@ -140,7 +145,10 @@ pub struct Report {
     /// The kernel's default TCP congestion control.
     pub default_cc: String,
     pub quick: bool,
-    /// Bulk run length after the warm-up, and the warm-up, seconds.
+    /// Bulk runs per cell (the median is quoted); each lasts `bulk_seconds` after a warm-up of
+    /// `warmup_seconds`.
+    #[serde(default)]
+    pub bulk_runs: u64,
     pub bulk_seconds: u64,
     pub warmup_seconds: u64,
     /// Request/response round trips per cell.
@@ -157,6 +165,21 @@ pub struct Report {
 pub struct TunnelInfo {
     pub name: String,
     pub description: String,
+}
+
+/// The median of `values` (the mean of the middle two for an even count); None when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
 }
 
 impl Report {
@@ -187,6 +210,14 @@ mod tests {
         let imp = p.impairment();
         assert_eq!(imp.delay, Duration::from_millis(25));
         assert_eq!(imp.loss, 0.05);
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[f64::NAN, 5.0]), Some(5.0));
+        assert_eq!(median(&[]), None);
     }
 
     #[test]

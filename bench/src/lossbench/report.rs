@@ -78,7 +78,9 @@ fn write_markdown(md: &mut String, report: &Report) -> std::fmt::Result {
     )?;
     writeln!(
         md,
-        "* Bulk: {} s after a {} s warm-up; request/response: {} round trips per cell{}",
+        "* Bulk: {} run(s) per cell of {} s after a {} s warm-up, the median quoted; \
+         request/response: {} round trips per cell{}",
+        report.bulk_runs.max(1),
         report.bulk_seconds,
         report.warmup_seconds,
         report.rr_count,
@@ -175,14 +177,14 @@ fn write_profile_table(md: &mut String, report: &Report, profile: &Profile) -> s
     writeln!(md)?;
     writeln!(
         md,
-        "| tunnel | goodput Mbit/s | x C | rr p50 ms | rr p99 ms | unanswered | wire/delivered | CPU s/GB | late % |"
+        "| tunnel | goodput Mbit/s | x C | runs Mbit/s | rr p50 ms | rr p99 ms | unanswered | wire/delivered | CPU s/GB | late % |"
     )?;
-    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     let mut errors = Vec::new();
     for t in &report.tunnels {
         let cell = report.cell(&profile.name, &t.name);
         let row = cell.map(|c| row_figures(c, ceiling));
-        let row = row.unwrap_or_else(|| vec![MISSING.to_owned(); 8]);
+        let row = row.unwrap_or_else(|| vec![MISSING.to_owned(); 9]);
         writeln!(md, "| {} | {} |", table_text(&t.name), row.join(" | "))?;
         if let Some(c) = cell {
             errors.extend(c.errors.iter().map(|e| (&c.tunnel, e)));
@@ -214,6 +216,7 @@ fn row_figures(c: &Cell, ceiling: Option<f64>) -> Vec<String> {
     vec![
         fmt_opt(goodput.map(|g| g / 1e6), 1),
         fmt_opt(share(goodput, ceiling), 2),
+        runs(&c.goodput_runs_bps),
         fmt_ms(c.rr_p50_us),
         fmt_ms(c.rr_p99_us),
         c.rr_unanswered
@@ -222,6 +225,18 @@ fn row_figures(c: &Cell, ceiling: Option<f64>) -> Vec<String> {
         fmt_opt(c.cpu_s_per_gb, 2),
         fmt_opt(Some(c.late_share * 100.0), 2),
     ]
+}
+
+/// Each bulk run's goodput, Mbit/s, in the order run (`—` when there is none).
+fn runs(runs_bps: &[f64]) -> String {
+    if runs_bps.is_empty() {
+        return MISSING.to_owned();
+    }
+    runs_bps
+        .iter()
+        .map(|r| fmt_opt(Some(r / 1e6), 1))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// [`Profile::ceiling_bps`], or None where it means nothing (an MTU that does not hold the
@@ -725,6 +740,7 @@ mod tests {
                         _ => 0.9,
                     };
                     c.goodput_bps = Some(c_bps * share);
+                    c.goodput_runs_bps = vec![c_bps * share];
                     let rtt_us = p.rtt_ms as f64 * 1000.0;
                     c.rr_p50_us = Some(rtt_us + 120.0 + j as f64 * 100.0);
                     // Plain TCP's tail grows tenfold at 5% loss (a log axis), the others less.
@@ -743,6 +759,7 @@ mod tests {
             machine: "Test CPU, 2 cores, Linux 6.1".to_owned(),
             default_cc: "cubic".to_owned(),
             quick: true,
+            bulk_runs: 1,
             bulk_seconds: 10,
             warmup_seconds: 2,
             rr_count: 200,
@@ -827,15 +844,17 @@ mod tests {
             .unwrap();
         // tcp: 0.5 x C = 45.853; p50 50.12 ms; p99 50 x 21 + 0.4 = 1050.4 ms; 1.04 + 0.05 wire.
         assert!(
-            section.contains("| tcp | 45.9 | 0.50 | 50.1 | 1050.4 | 0 | 1.090 | — | 0.03 |"),
+            section.contains("| tcp | 45.9 | 0.50 | 45.9 | 50.1 | 1050.4 | 0 | 1.090 | — | 0.03 |"),
             "{section}"
         );
         assert!(
-            section.contains("| kcptun | — | — | — | — | — | — | — | 0.00 |"),
+            section.contains("| kcptun | — | — | — | — | — | — | — | — | 0.00 |"),
             "{section}"
         );
         assert!(
-            section.contains("| engine | 82.5 | 0.90 | 50.3 | 150.4 | 2 | 1.290 | 3.00 | 0.03 |"),
+            section.contains(
+                "| engine | 82.5 | 0.90 | 82.5 | 50.3 | 150.4 | 2 | 1.290 | 3.00 | 0.03 |"
+            ),
             "{section}"
         );
         assert!(
@@ -849,7 +868,10 @@ mod tests {
         );
         // The clean profile (C = 200 x 1448/1500 = 193.07): sub-millisecond round trips keep
         // two decimals.
-        assert!(md.contains("| tcp | 193.1 | 1.00 | 0.12 | 0.40 |"), "{md}");
+        assert!(
+            md.contains("| tcp | 193.1 | 1.00 | 193.1 | 0.12 | 0.40 |"),
+            "{md}"
+        );
     }
 
     #[test]

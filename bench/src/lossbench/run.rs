@@ -11,10 +11,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use super::measure;
-use super::model::{Cell, Profile, Report};
+use super::model::{Cell, Profile, Report, median};
 use super::process::{Proc, STOP};
 use super::progress::Progress;
-use super::tunnel::{Tools, Tunnel};
+use super::tunnel::{Kind, Tools, Tunnel};
 use crate::impair::RelayStats;
 use crate::linkem::{Link, LinkConfig};
 
@@ -25,7 +25,9 @@ const START_PLAN: Duration = Duration::from_secs(1);
 pub struct Options {
     pub profiles: Vec<Profile>,
     pub tunnels: Vec<Tunnel>,
-    /// iperf3 `-t` (measured) and `-O` (warm-up, not measured).
+    /// Bulk runs per cell (the median goodput is quoted), each iperf3 `-t` (measured) after
+    /// `-O` (warm-up, not measured).
+    pub bulk_runs: u64,
     pub bulk_seconds: u64,
     pub warmup_seconds: u64,
     pub rr_count: u64,
@@ -41,7 +43,7 @@ impl Options {
     fn step_plans(&self) -> [Duration; 3] {
         [
             START_PLAN,
-            Duration::from_secs(self.bulk_seconds + self.warmup_seconds + 1),
+            Duration::from_secs((self.bulk_seconds + self.warmup_seconds + 1) * self.bulk_runs),
             self.rr_interval * u32::try_from(self.rr_count).unwrap_or(u32::MAX)
                 + Duration::from_secs(1),
         ]
@@ -60,6 +62,7 @@ pub fn run(tools: &Tools, opts: &Options) -> io::Result<Report> {
         date: utc_now(),
         machine: machine(),
         quick: opts.quick,
+        bulk_runs: opts.bulk_runs,
         bulk_seconds: opts.bulk_seconds,
         warmup_seconds: opts.warmup_seconds,
         rr_count: opts.rr_count,
@@ -78,6 +81,29 @@ pub fn run(tools: &Tools, opts: &Options) -> io::Result<Report> {
             report.default_cc = default_congestion(&link);
         }
         for tunnel in &opts.tunnels {
+            // TCP with the congestion control the kernel picks anyway is the default's
+            // measurement again: reuse it rather than spend the time twice.
+            let same_as_default = match tunnel.congestion() {
+                Some(cc) if cc == report.default_cc => report.cells.iter().find(|c| {
+                    c.profile == profile.name
+                        && opts
+                            .tunnels
+                            .iter()
+                            .any(|t| t.name == c.tunnel && t.kind == Kind::Tcp(None))
+                }),
+                _ => None,
+            };
+            if let Some(default) = same_as_default {
+                let cell = Cell {
+                    tunnel: tunnel.name.clone(),
+                    ..default.clone()
+                };
+                for _ in 0..3 {
+                    progress.finish_step();
+                }
+                report.cells.push(cell);
+                continue;
+            }
             let cell = run_cell(tools, opts, &link, profile, tunnel, &mut progress);
             if STOP.load(Relaxed) {
                 return Err(io::Error::other("interrupted"));
@@ -85,10 +111,18 @@ pub fn run(tools: &Tools, opts: &Options) -> io::Result<Report> {
             report.cells.push(cell);
         }
     }
+    let has_default = opts.tunnels.iter().any(|t| t.kind == Kind::Tcp(None));
     report.tunnels = opts
         .tunnels
         .iter()
-        .map(|t| t.describe(&report.default_cc))
+        .map(|t| {
+            let mut info = t.describe(&report.default_cc);
+            if has_default && t.congestion() == Some(report.default_cc.as_str()) {
+                info.description += " (the kernel's default: the figures of the tcp row, \
+                                     measured once)";
+            }
+            info
+        })
         .collect();
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     progress.finish(&format!(
@@ -138,22 +172,32 @@ fn run_cell(
     let cc = tunnel.congestion();
 
     progress.begin(&label("bulk"));
-    match measure::bulk(
-        tools,
-        link,
-        &running,
-        cc,
-        opts.bulk_seconds,
-        opts.warmup_seconds,
-    ) {
-        Ok(b) => {
-            cell.goodput_bps = Some(b.goodput_bps);
-            if b.delivered > 0 {
-                cell.wire_per_delivered = Some(b.wire as f64 / b.delivered as f64);
-                cell.cpu_s_per_gb = b.cpu_seconds.map(|s| s / (b.delivered as f64 / 1e9));
-            }
+    let (mut wire, mut delivered, mut cpu) = (0u64, 0u64, Some(0.0));
+    for run in 0..opts.bulk_runs {
+        if STOP.load(Relaxed) {
+            break;
         }
-        Err(e) => cell.errors.push(format!("bulk: {e}")),
+        match measure::bulk(
+            tools,
+            link,
+            &running,
+            cc,
+            opts.bulk_seconds,
+            opts.warmup_seconds,
+        ) {
+            Ok(b) => {
+                cell.goodput_runs_bps.push(b.goodput_bps);
+                wire += b.wire;
+                delivered += b.delivered;
+                cpu = cpu.zip(b.cpu_seconds).map(|(sum, s)| sum + s);
+            }
+            Err(e) => cell.errors.push(format!("bulk run {}: {e}", run + 1)),
+        }
+    }
+    cell.goodput_bps = median(&cell.goodput_runs_bps);
+    if delivered > 0 {
+        cell.wire_per_delivered = Some(wire as f64 / delivered as f64);
+        cell.cpu_s_per_gb = cpu.map(|s| s / (delivered as f64 / 1e9));
     }
     progress.finish_step();
 
