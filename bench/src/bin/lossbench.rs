@@ -11,7 +11,7 @@ use bench::linkem;
 use bench::lossbench::model::standard_profiles;
 use bench::lossbench::process::STOP;
 use bench::lossbench::run::{Options, run};
-use bench::lossbench::tunnel::{Tools, standard_tunnels};
+use bench::lossbench::tunnel::{ENGINE_TUNED, Tools, standard_tunnels};
 use clap::Parser;
 
 /// Profiles and tunnels of `--quick`.
@@ -53,6 +53,10 @@ struct Args {
     /// The engine binary (default: `engine` beside this program).
     #[arg(long)]
     engine: Option<PathBuf>,
+    /// Config lines the coretun-tuned variant adds to both engines' configs (YAML, e.g.
+    /// `"mtu: 1472"`); default: the tuned settings described in the report.
+    #[arg(long)]
+    tuned: Option<String>,
     /// The rr binary (default: `rr` beside this program).
     #[arg(long)]
     rr: Option<PathBuf>,
@@ -112,7 +116,13 @@ fn options(args: &Args) -> Result<Options, String> {
             }
         };
     let all_profiles = standard_profiles();
-    let all_tunnels = standard_tunnels();
+    let all_tunnels = standard_tunnels(
+        args.tuned
+            .as_deref()
+            .unwrap_or(ENGINE_TUNED)
+            .replace("\\n", "\n")
+            .as_str(),
+    );
     let profile_names = pick(
         &args.profiles,
         &QUICK_PROFILES,

@@ -51,8 +51,9 @@ pub enum Kind {
     Tcp(Option<String>),
     /// kcptun (`--mode fast2 --crypt aes`, FEC 10/3, windows sized for the path).
     Kcptun,
-    /// coretun with its defaults, or with the settings [`ENGINE_TUNED`] adds.
-    Engine { tuned: bool },
+    /// coretun with its defaults plus `extra` config lines (empty: the defaults; the tuned
+    /// variant adds [`ENGINE_TUNED`] unless `lossbench --tuned` says otherwise).
+    Engine { extra: String },
 }
 
 /// What the tuned engine adds to its config: full-size packets for a 1500-byte link (1472 =
@@ -78,13 +79,13 @@ impl Tunnel {
                 --parityshard 3 --nocomp (iperf3's data is random), --sndwnd/--rcvwnd twice the \
                 path's bandwidth-delay product in packets (at least 256)"
                 .to_owned(),
-            Kind::Engine { tuned: false } => {
+            Kind::Engine { extra } if extra.trim().is_empty() => {
                 "coretun with its defaults (profile fast2, fec adaptive, mtu 1400, shards auto)"
                     .to_owned()
             }
-            Kind::Engine { tuned: true } => format!(
+            Kind::Engine { extra } => format!(
                 "coretun, defaults plus: {}",
-                ENGINE_TUNED.trim().replace('\n', ", ")
+                extra.trim().replace('\n', ", ")
             ),
         };
         TunnelInfo {
@@ -116,13 +117,14 @@ impl Tunnel {
                 procs: Vec::new(),
             }),
             Kind::Kcptun => start_kcptun(tools, profile, [ns_a, ns_b]),
-            Kind::Engine { tuned } => start_engines(tools, *tuned, [ns_a, ns_b], scratch),
+            Kind::Engine { extra } => start_engines(tools, extra, [ns_a, ns_b], scratch),
         }
     }
 }
 
-/// The tunnels of a full comparison, in report order.
-pub fn standard_tunnels() -> Vec<Tunnel> {
+/// The tunnels of a full comparison, in report order; `tuned` is what the tuned engine adds to
+/// its config (YAML lines).
+pub fn standard_tunnels(tuned: &str) -> Vec<Tunnel> {
     let t = |name: &str, kind| Tunnel {
         name: name.to_owned(),
         kind,
@@ -132,8 +134,18 @@ pub fn standard_tunnels() -> Vec<Tunnel> {
         t("tcp-cubic", Kind::Tcp(Some("cubic".into()))),
         t("tcp-bbr", Kind::Tcp(Some("bbr".into()))),
         t("kcptun", Kind::Kcptun),
-        t("coretun", Kind::Engine { tuned: false }),
-        t("coretun-tuned", Kind::Engine { tuned: true }),
+        t(
+            "coretun",
+            Kind::Engine {
+                extra: String::new(),
+            },
+        ),
+        t(
+            "coretun-tuned",
+            Kind::Engine {
+                extra: tuned.to_owned(),
+            },
+        ),
     ]
 }
 
@@ -235,8 +247,11 @@ fn start_kcptun(tools: &Tools, profile: &Profile, [ns_a, ns_b]: [&str; 2]) -> io
 
 /// The two engines' configs: B accepts and allows the two targets, A dials B and maps the two
 /// entry ports.
-fn engine_configs(tuned: bool, scratch: &Path) -> [String; 2] {
-    let extra = if tuned { ENGINE_TUNED } else { "" };
+fn engine_configs(extra: &str, scratch: &Path) -> [String; 2] {
+    let mut extra = extra.trim().to_owned();
+    if !extra.is_empty() {
+        extra.push('\n');
+    }
     let sock = |name: &str| scratch.join(format!("{name}.sock")).display().to_string();
     let server = format!(
         "name: server\nlisten: {listen}\nkey: \"{BENCH_KEY}\"\n{extra}peers: []\nmaps: []\n\
@@ -261,11 +276,11 @@ fn engine_configs(tuned: bool, scratch: &Path) -> [String; 2] {
 
 fn start_engines(
     tools: &Tools,
-    tuned: bool,
+    extra: &str,
     [ns_a, ns_b]: [&str; 2],
     scratch: &Path,
 ) -> io::Result<Running> {
-    let [client, server] = engine_configs(tuned, scratch);
+    let [client, server] = engine_configs(extra, scratch);
     let (client_path, server_path) = (scratch.join("client.yaml"), scratch.join("server.yaml"));
     fs::write(&client_path, client)?;
     fs::write(&server_path, server)?;
@@ -333,8 +348,8 @@ mod tests {
     #[test]
     fn engine_configs_are_valid_and_join_the_maps() {
         let dir = std::env::temp_dir();
-        for tuned in [false, true] {
-            let [client, server] = engine_configs(tuned, &dir);
+        for (extra, tuned) in [("", false), (ENGINE_TUNED, true)] {
+            let [client, server] = engine_configs(extra, &dir);
             for (label, text) in [("client", &client), ("server", &server)] {
                 let path = dir.join(format!("{label}.yaml"));
                 let config = engine_api::config::Config::parse(&path, text)
