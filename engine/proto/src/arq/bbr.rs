@@ -32,10 +32,11 @@
 //! A windowed-max bandwidth filter fed with noisy (lossy) samples drifts a little above the true
 //! rate, and a drop in the bottleneck rate takes 10 rounds to leave the max filter; both build a
 //! standing queue. If even the *smallest* RTT of a whole round is more than
-//! `max(min_rtt / 4, 2 ms)` above the minimum RTT, the queue did not drain once during that round:
-//! the bottleneck was busy the whole time, so the bytes delivered during the round divided by its
-//! duration (compensated for random loss) measure the bottleneck rate exactly. The bandwidth
-//! filter is reset to that value if it is lower, and the sender paces at 0.75x until the bytes in
+//! `max(min_rtt / 10, 1 ms)` above the minimum RTT, the queue did not drain once during that
+//! round: the bottleneck was busy the whole time, so the bytes delivered during the round divided
+//! by its duration (compensated for random loss) measure the bottleneck rate. The bandwidth
+//! filter is reset to that value if it is lower (but by at most 20% per action, since jitter
+//! can fake such a round), and the sender paces at 0.75x until the bytes in
 //! flight fall to one BDP (the queue is gone). In Startup, such a round ends Startup early if the
 //! bandwidth has already stopped growing once. ProbeRTT is not implemented: the guard keeps the
 //! queue drained, so RTT samples close to the propagation delay keep arriving, and the min-RTT
@@ -65,6 +66,8 @@ const PACING_MARGIN: f64 = 0.99;
 const MAX_LOSS_COMPENSATION: f64 = 0.3;
 /// Startup ends after this many rounds with less than 25% bandwidth growth.
 const FULL_BW_ROUNDS: u32 = 3;
+/// The delay guard lowers the bandwidth estimate to no less than this share of it per action.
+const GUARD_MAX_CUT: f64 = 0.8;
 /// How many recently acknowledged packets are remembered to classify losses.
 const RECENT_ACKED: usize = 64;
 /// RTT assumed for the initial pacing rate, before any RTT sample.
@@ -526,8 +529,16 @@ impl Bbr {
                 let rate =
                     u128::from(end.delivered) * 1_000_000_000 / end.duration.as_nanos().max(1);
                 let measured = self.compensate(u64::try_from(rate).unwrap_or(u64::MAX));
-                if measured > 0 && measured < self.bw.get().unwrap_or(u64::MAX) {
-                    self.bw.reset(self.round, measured);
+                if let Some(current) = self.bw.get().filter(|&c| measured > 0 && measured < c) {
+                    // At most a bounded cut per action: a round can look queued without a
+                    // queue (delay jitter on the path, or this node starved of CPU so that
+                    // ACKs are read late), and what it "delivered" then says little. Uncapped,
+                    // such rounds cut the estimate again and again, each from the last, and a
+                    // 100 Mbit/s session was seen pacing at 1 Mbit/s for seconds. A real drop
+                    // of the bottleneck rate still gets there within a few actions, and the
+                    // max filter forgets the old rate after 10 rounds anyway.
+                    let floor = (current as f64 * GUARD_MAX_CUT) as u64;
+                    self.bw.reset(self.round, measured.max(floor));
                 }
             }
             self.cycle_index = 1;
@@ -671,6 +682,35 @@ mod tests {
             bbr.bw.get()
         );
         assert!(bbr.pacing_rate() >= floor, "{}", bbr.pacing_rate());
+    }
+
+    #[test]
+    fn a_round_that_only_looks_queued_cuts_the_estimate_by_a_bounded_share() {
+        // Delay jitter (or a CPU-starved node reading its ACKs late) makes a round look queued
+        // while it delivered next to nothing: the guard may lower the estimate, but by at most
+        // GUARD_MAX_CUT per action, so a run of such rounds cannot collapse it.
+        let t0 = Instant::now();
+        let mut bbr = bbr_at(t0);
+        bbr.state = State::ProbeBw;
+        bbr.filled_pipe = true;
+        bbr.min_rtt = Some(Duration::from_millis(50));
+        let queued = RoundEnd {
+            min_rtt: Some(Duration::from_millis(70)),
+            delivered: 1_000,
+            duration: Duration::from_millis(70),
+        };
+        bbr.on_round_end(t0, &queued, false);
+        assert_eq!(bbr.bw.get(), Some((BW as f64 * GUARD_MAX_CUT) as u64));
+        assert!(bbr.guard_drain);
+        // A round that really measured the bottleneck lower (but within the bound) sets it.
+        bbr.round = bbr.guard_holdoff_round;
+        let bottleneck = RoundEnd {
+            min_rtt: Some(Duration::from_millis(70)),
+            delivered: 630_000,
+            duration: Duration::from_millis(90),
+        };
+        bbr.on_round_end(t0, &bottleneck, false);
+        assert_eq!(bbr.bw.get(), Some(7_000_000));
     }
 
     #[test]
