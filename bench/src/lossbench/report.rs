@@ -108,6 +108,7 @@ fn write_markdown(md: &mut String, report: &Report) -> std::fmt::Result {
     writeln!(md)?;
 
     write_summary(md, report)?;
+    write_goals(md, report)?;
 
     for profile in &report.profiles {
         write_profile_table(md, report, profile)?;
@@ -123,6 +124,141 @@ fn write_markdown(md: &mut String, report: &Report) -> std::fmt::Result {
             one_line(&t.description)
         )?;
     }
+    Ok(())
+}
+
+/// One of issue 7's goals for the engine, checked against the same run's figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Goal {
+    pub tunnel: String,
+    /// What is asked, for a human.
+    pub text: String,
+    /// The engine's figure and what it is held to, in the goal's unit.
+    pub figure: Option<f64>,
+    pub bound: Option<f64>,
+    /// Figure at least (true) or at most (false) the bound.
+    pub at_least: bool,
+}
+
+impl Goal {
+    /// None when a figure is missing.
+    pub fn met(&self) -> Option<bool> {
+        let (f, b) = (self.figure?, self.bound?);
+        Some(if self.at_least { f >= b } else { f <= b })
+    }
+}
+
+/// The goals of issue 7 for each engine tunnel in the report (`coretun*`): at 50 ms RTT,
+/// 100 Mbit/s, 5% loss at least 0.95 C, at least TCP-BBR's goodput, at least 1.7x kcptun's and
+/// a request/response p99 of at most 70 ms; at 100 ms RTT, 50 Mbit/s, 10% loss at least 0.92 C
+/// and at least 1.1x TCP-BBR's; on the clean profile at least 0.97x plain TCP's.
+pub fn goals(report: &Report) -> Vec<Goal> {
+    let goodput = |profile: &str, tunnel: &str| {
+        report
+            .cell(profile, tunnel)
+            .and_then(|c| finite(c.goodput_bps))
+            .map(|g| g / 1e6)
+    };
+    let ceiling = |profile: &str| {
+        report
+            .profiles
+            .iter()
+            .find(|p| p.name == profile)
+            .and_then(ceiling_bps)
+            .map(|c| c / 1e6)
+    };
+    let times = |v: Option<f64>, k: f64| v.map(|v| v * k);
+    let mut out = Vec::new();
+    for t in report
+        .tunnels
+        .iter()
+        .filter(|t| t.name.starts_with("coretun"))
+    {
+        let me = |profile: &str| goodput(profile, &t.name);
+        let goal = |text: &str, figure, bound, at_least| Goal {
+            tunnel: t.name.clone(),
+            text: text.to_owned(),
+            figure,
+            bound,
+            at_least,
+        };
+        let p99 = report
+            .cell("rtt50-5pct", &t.name)
+            .and_then(|c| finite(c.rr_p99_us))
+            .map(|us| us / 1000.0);
+        out.extend([
+            goal(
+                "50 ms, 100 Mbit/s, 5%: goodput >= 0.95 C (Mbit/s)",
+                me("rtt50-5pct"),
+                times(ceiling("rtt50-5pct"), 0.95),
+                true,
+            ),
+            goal(
+                "50 ms, 100 Mbit/s, 5%: goodput >= tcp-bbr's (Mbit/s)",
+                me("rtt50-5pct"),
+                goodput("rtt50-5pct", "tcp-bbr"),
+                true,
+            ),
+            goal(
+                "50 ms, 100 Mbit/s, 5%: goodput >= 1.7x kcptun's (Mbit/s)",
+                me("rtt50-5pct"),
+                times(goodput("rtt50-5pct", "kcptun"), 1.7),
+                true,
+            ),
+            goal(
+                "50 ms, 100 Mbit/s, 5%: request/response p99 <= 70 ms (ms)",
+                p99,
+                Some(70.0),
+                false,
+            ),
+            goal(
+                "100 ms, 50 Mbit/s, 10%: goodput >= 0.92 C (Mbit/s)",
+                me("rtt100-10pct"),
+                times(ceiling("rtt100-10pct"), 0.92),
+                true,
+            ),
+            goal(
+                "100 ms, 50 Mbit/s, 10%: goodput >= 1.1x tcp-bbr's (Mbit/s)",
+                me("rtt100-10pct"),
+                times(goodput("rtt100-10pct", "tcp-bbr"), 1.1),
+                true,
+            ),
+            goal(
+                "clean: goodput >= 0.97x plain TCP's (Mbit/s)",
+                me("clean"),
+                times(goodput("clean", "tcp"), 0.97),
+                true,
+            ),
+        ]);
+    }
+    out
+}
+
+fn write_goals(md: &mut String, report: &Report) -> std::fmt::Result {
+    let goals = goals(report);
+    if goals.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "## Goals (issue 7), against this run's figures")?;
+    writeln!(md)?;
+    writeln!(md, "| tunnel | goal | figure | bound | met |")?;
+    writeln!(md, "|---|---|---:|---:|---|")?;
+    for g in &goals {
+        let met = match g.met() {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => MISSING,
+        };
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {met} |",
+            table_text(&g.tunnel),
+            table_text(&g.text),
+            fmt_opt(g.figure, 1),
+            fmt_opt(g.bound, 1)
+        )?;
+    }
+    writeln!(md)?;
     Ok(())
 }
 
@@ -816,6 +952,55 @@ mod tests {
         assert_eq!(back, report);
         let md = fs::read_to_string(dir.0.join("results.md")).unwrap();
         assert_eq!(md, markdown(&report));
+    }
+
+    #[test]
+    fn goals_are_checked_against_the_same_runs_figures() {
+        let cell = |profile: &str, tunnel: &str, mbit: f64, p99_ms: f64| Cell {
+            profile: profile.to_owned(),
+            tunnel: tunnel.to_owned(),
+            goodput_bps: Some(mbit * 1e6),
+            rr_p99_us: Some(p99_ms * 1000.0),
+            ..Cell::default()
+        };
+        let report = Report {
+            profiles: standard_profiles(),
+            tunnels: ["tcp", "tcp-bbr", "kcptun", "coretun"]
+                .iter()
+                .map(|t| TunnelInfo {
+                    name: t.to_string(),
+                    description: String::new(),
+                })
+                .collect(),
+            cells: vec![
+                // C = 91.7 Mbit/s: 0.95 C = 87.1.
+                cell("rtt50-5pct", "coretun", 88.0, 60.0),
+                cell("rtt50-5pct", "tcp-bbr", 88.5, 390.0),
+                cell("rtt50-5pct", "kcptun", 50.0, 120.0),
+                // C = 43.4 Mbit/s: 0.92 C = 40.0.
+                cell("rtt100-10pct", "coretun", 40.5, 150.0),
+                cell("rtt100-10pct", "tcp-bbr", 36.0, 400.0),
+                cell("clean", "coretun", 189.0, 1.0),
+                cell("clean", "tcp", 192.0, 1.0),
+            ],
+            ..Report::default()
+        };
+        let met: Vec<Option<bool>> = goals(&report).iter().map(Goal::met).collect();
+        assert_eq!(
+            met,
+            [true, false, true, true, true, true, true]
+                .map(Some)
+                .to_vec()
+        );
+        let md = markdown(&report);
+        assert!(
+            md.contains("| coretun | 50 ms, 100 Mbit/s, 5%: goodput >= tcp-bbr's (Mbit/s) | 88.0 | 88.5 | **no** |"),
+            "{md}"
+        );
+        // Without kcptun's figure that goal cannot be judged.
+        let mut partial = report.clone();
+        partial.cells.retain(|c| c.tunnel != "kcptun");
+        assert_eq!(goals(&partial)[2].met(), None);
     }
 
     #[test]
