@@ -235,7 +235,11 @@ pub fn goals(report: &Report) -> Vec<Goal> {
 }
 
 fn write_goals(md: &mut String, report: &Report) -> std::fmt::Result {
-    let goals = goals(report);
+    // Goals on profiles this run did not measure are left out.
+    let goals: Vec<Goal> = goals(report)
+        .into_iter()
+        .filter(|g| g.figure.is_some())
+        .collect();
     if goals.is_empty() {
         return Ok(());
     }
