@@ -212,17 +212,13 @@ impl Link {
             link.threads.push(
                 thread::Builder::new()
                     .name(format!("linkem-read-{side}"))
-                    .spawn(move || {
-                        realtime();
-                        read_loop(&shared, side)
-                    })?,
+                    .spawn(move || read_loop(&shared, side))?,
             );
             let shared = Arc::clone(&link.shared);
             link.threads.push(
                 thread::Builder::new()
                     .name(format!("linkem-send-{side}"))
                     .spawn(move || {
-                        realtime();
                         let dir = &shared.directions[side];
                         dir.run_scheduler(
                             || shared.stop.load(Relaxed),
@@ -276,18 +272,6 @@ impl Drop for NamespaceGuard {
             let _ = ip(&["netns", "del", ns]);
         }
     }
-}
-
-/// Real-time priority for the calling emulator thread (SCHED_FIFO, low priority), when allowed.
-/// The emulator models a link, so the tunnels it carries must not be able to starve it: under
-/// CPU contention a normal-priority relay released packets late by milliseconds (a fifth of them
-/// in one measured run), which is jitter the profile never asked for. Its threads block between
-/// packets, so they take only the CPU the traffic needs. Without the privilege it keeps the
-/// normal priority; [`RelayStats::late_releases`] still shows any lateness.
-fn realtime() {
-    let param = libc::sched_param { sched_priority: 10 };
-    // SAFETY: pthread_self is always valid for the calling thread; param lives across the call.
-    let _ = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
 }
 
 /// Reads packets from device `side` and submits them to its direction, bound for the other.
