@@ -328,7 +328,10 @@ fn stat_rows(stats: &Stats) -> Vec<(&'static str, String)> {
         ("udp flows refused", stats.udp_flows_refused.to_string()),
         ("udp datagrams in", stats.udp_datagrams_in.to_string()),
         ("udp datagrams out", stats.udp_datagrams_out.to_string()),
-        ("udp datagrams dropped", stats.udp_datagrams_dropped.to_string()),
+        (
+            "udp datagrams dropped",
+            stats.udp_datagrams_dropped.to_string(),
+        ),
         ("sessions closed", stats.sessions_closed.to_string()),
         ("packets handed over", stats.packets_handed_over.to_string()),
         ("packets taken over", stats.packets_taken_over.to_string()),

@@ -165,7 +165,10 @@ fn request(client: u8, seq: u32) -> Vec<u8> {
     let mut data = vec![client];
     data.extend_from_slice(&seq.to_be_bytes());
     let filler = (seq as usize * 37 + usize::from(client) * 11) % 900;
-    data.extend(seeded_bytes(u64::from(seq) << 8 | u64::from(client), filler));
+    data.extend(seeded_bytes(
+        u64::from(seq) << 8 | u64::from(client),
+        filler,
+    ));
     data
 }
 
@@ -209,7 +212,10 @@ fn a_datagram_map_echoes_for_four_clients() {
     let stats = tunnel.client.stats();
     // The probe socket and the four clients.
     assert_eq!(stats.udp_flows_opened, 5, "{stats:#?}");
-    assert!(stats.udp_datagrams_in >= 4 * u64::from(PER_CLIENT), "{stats:#?}");
+    assert!(
+        stats.udp_datagrams_in >= 4 * u64::from(PER_CLIENT),
+        "{stats:#?}"
+    );
     let server = tunnel.server.stats();
     assert_eq!(server.udp_flows_opened, 5, "{server:#?}");
     assert!(echo.count() >= 4 * u64::from(PER_CLIENT));
@@ -251,20 +257,16 @@ fn numbered(seq: u32) -> Vec<u8> {
 
 /// Sends `count` numbered datagrams to the map, keeping at most `window` ahead of what the sink
 /// has received (waiting at most `patience` for it, as a lost datagram never arrives).
-fn send_numbered(
-    map: SocketAddr,
-    sink: &UdpServer,
-    count: u32,
-    window: u64,
-    patience: Duration,
-) {
+fn send_numbered(map: SocketAddr, sink: &UdpServer, count: u32, window: u64, patience: Duration) {
     let socket = client_socket(map, SMALL_TIMEOUT);
     for seq in 0..count {
         let waited = Instant::now();
         while u64::from(seq) > sink.count() + window && waited.elapsed() < patience {
             thread::sleep(Duration::from_millis(1));
         }
-        socket.send(&numbered(seq)).expect("send a numbered datagram");
+        socket
+            .send(&numbered(seq))
+            .expect("send a numbered datagram");
     }
 }
 
@@ -357,4 +359,43 @@ fn a_datagram_map_with_fec_delivers_nearly_everything_over_a_lossy_path() {
     );
     assert!(relay.dropped() > 0, "{:?}", relay.stats());
     assert!(stats.fec_packets_recovered > 0, "{stats:#?}");
+}
+
+#[test]
+fn a_tcp_map_cannot_reach_a_udp_allow_entry() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let echo = UdpServer::start(true);
+    let dir = TestDir::new("udp-mismatch");
+    let server_udp = free_udp_addr();
+    let server_config = NodeConfig::new(&dir, "server")
+        .listen(server_udp)
+        .peer("client", None)
+        .udp_allow(MAP, echo.addr);
+    let client_config = NodeConfig::new(&dir, "client")
+        .peer("server", Some(server_udp))
+        .map(MAP, common::net::free_tcp_addr(), "server");
+    let server = Engine::start(&dir, "server", &server_config);
+    let client = Engine::start(&dir, "client", &client_config);
+    client.wait_stats("a session with the server", SESSION_TIMEOUT, |s| {
+        s.sessions > 0
+    });
+    let mut stream =
+        TcpStream::connect(client_config.map_addr(MAP)).expect("connect to the TCP map");
+    stream
+        .set_read_timeout(Some(SMALL_TIMEOUT))
+        .expect("set a read timeout");
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    let mut buf = [0u8; 64];
+    // The stream is refused: the connection ends without a byte from the target.
+    match stream.read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("{n} bytes came back through a refused stream"),
+    }
+    let stats = server.wait_stats("the refusal counted", SMALL_TIMEOUT, |s| {
+        s.udp_flows_refused >= 1
+    });
+    assert_eq!(stats.udp_datagrams_out, 0, "{stats:#?}");
+    assert_eq!(echo.count(), 0);
 }

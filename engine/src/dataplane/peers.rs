@@ -420,9 +420,7 @@ impl Shard {
                 SessionEvent::Stream(stream_event) => {
                     self.on_stream_event(event.session, stream_event)
                 }
-                SessionEvent::DatagramReceived => {
-                    self.udp_session_datagrams(now, event.session)
-                }
+                SessionEvent::DatagramReceived => self.udp_session_datagrams(now, event.session),
                 SessionEvent::Closed(CloseReason::FecMismatch { ours, theirs, peer }) => {
                     self.on_fec_mismatch(now, event.session, ours, theirs, peer.as_deref())
                 }

@@ -34,7 +34,11 @@ pub(crate) fn bind(addr: SocketAddr, gro: bool) -> io::Result<OwnedFd> {
 /// Opens a non-blocking UDP socket on an ephemeral port, connected to `target`: one UDP map
 /// flow's socket on the `allow` side, so the target's replies come back to it alone.
 pub(crate) fn connect(target: SocketAddr) -> io::Result<OwnedFd> {
-    let socket = Socket::new(Domain::for_address(target), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
     socket.set_nonblocking(true)?;
     socket.connect(&target.into())?;
     Ok(OwnedFd::from(socket))

@@ -188,7 +188,10 @@ impl Reassembly {
         }
         let count = usize::from(header.count);
         let index = usize::from(header.index);
-        let position = self.partial.iter().position(|p| p.message == header.message);
+        let position = self
+            .partial
+            .iter()
+            .position(|p| p.message == header.message);
         let position = match position {
             Some(i) => i,
             None => {

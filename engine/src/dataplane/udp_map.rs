@@ -267,12 +267,12 @@ impl Shard {
         let map = listener.map;
         for datagram in datagrams {
             self.counters.udp_map_datagrams_in += 1;
-            self.from_client(now, i, map, client, &datagram);
+            self.on_client_datagram(now, i, map, client, &datagram);
         }
     }
 
     /// A client's datagram on a map listener: to its flow, opened now if it is the first.
-    fn from_client(
+    fn on_client_datagram(
         &mut self,
         now: Instant,
         listener: usize,
@@ -290,7 +290,7 @@ impl Shard {
                 }
             },
         };
-        self.to_tunnel(now, index, datagram);
+        self.send_to_peer(now, index, datagram);
     }
 
     fn flow_limit(&self) -> usize {
@@ -364,7 +364,7 @@ impl Shard {
     }
 
     /// Sends a datagram from the flow's local side (client or target) to the other node.
-    fn to_tunnel(&mut self, now: Instant, index: usize, datagram: &[u8]) {
+    fn send_to_peer(&mut self, now: Instant, index: usize, datagram: &[u8]) {
         let Some(flow) = self.udp_maps.flow(index) else {
             return;
         };
@@ -441,11 +441,11 @@ impl Shard {
             fragments.push(fragment);
         }
         for fragment in fragments {
-            self.from_tunnel(now, session_id, &fragment);
+            self.on_fragment(now, session_id, &fragment);
         }
     }
 
-    fn from_tunnel(&mut self, now: Instant, session_id: SessionId, fragment: &[u8]) {
+    fn on_fragment(&mut self, now: Instant, session_id: SessionId, fragment: &[u8]) {
         let Ok((header, payload)) = udp_frame::decode(fragment) else {
             self.counters.udp_map_datagrams_dropped += 1;
             return;
@@ -481,7 +481,7 @@ impl Shard {
         let complete = flow.reassembly.push(now, &header, payload);
         self.counters.udp_map_datagrams_dropped += flow.reassembly.take_dropped();
         if let Reassembled::Complete(datagram) = complete {
-            self.to_local(index, &datagram);
+            self.deliver_local(index, &datagram);
         }
     }
 
@@ -698,7 +698,7 @@ impl Shard {
         let mut datagrams = Vec::new();
         udp_frame::unframe_reliable(&mut flow.rx, |d| datagrams.push(d.to_vec()));
         for datagram in datagrams {
-            self.to_local(index, &datagram);
+            self.deliver_local(index, &datagram);
         }
         if fin {
             self.close_flow(index, None);
@@ -706,7 +706,7 @@ impl Shard {
     }
 
     /// Sends a datagram from the tunnel to the flow's client or target.
-    fn to_local(&mut self, index: usize, datagram: &[u8]) {
+    fn deliver_local(&mut self, index: usize, datagram: &[u8]) {
         let Some(flow) = self.udp_maps.flows.get(index).and_then(Option::as_ref) else {
             return;
         };
@@ -750,7 +750,7 @@ impl Shard {
         }
         for datagram in datagrams {
             self.counters.udp_map_datagrams_in += 1;
-            self.to_tunnel(now, index, &datagram);
+            self.send_to_peer(now, index, &datagram);
         }
     }
 

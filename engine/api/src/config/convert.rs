@@ -805,7 +805,12 @@ impl Converter<'_> {
     }
 
     /// A map's `mode`: only for UDP maps, `datagram` unless given.
-    fn mode(&self, value: Option<&S<String>>, proto: Proto, field: &str) -> Result<Option<UdpMode>> {
+    fn mode(
+        &self,
+        value: Option<&S<String>>,
+        proto: Proto,
+        field: &str,
+    ) -> Result<Option<UdpMode>> {
         match (proto, value) {
             (Proto::Tcp, None) => Ok(None),
             (Proto::Tcp, Some(value)) => Err(self.at(
@@ -2191,10 +2196,14 @@ maps:
         let config = ok(&with_key(&format!("{base}    proto: udp\n")));
         assert_eq!(config.maps[0].proto, Proto::Udp);
         assert_eq!(config.maps[0].mode, Some(UdpMode::Datagram));
-        let config = ok(&with_key(&format!("{base}    proto: udp\n    mode: reliable\n")));
+        let config = ok(&with_key(&format!(
+            "{base}    proto: udp\n    mode: reliable\n"
+        )));
         assert_eq!(config.maps[0].mode, Some(UdpMode::Reliable));
         assert_eq!(ok(&with_key(base)).maps[0].mode, None);
-        let config = ok(&with_key("allow:\n  - {id: 1, target: 127.0.0.1:1, proto: udp}\n"));
+        let config = ok(&with_key(
+            "allow:\n  - {id: 1, target: 127.0.0.1:1, proto: udp}\n",
+        ));
         assert_eq!(config.allow[0].proto, Proto::Udp);
         fails(
             &with_key("allow:\n  - {id: 1, target: 127.0.0.1:1, proto: sctp}\n"),
