@@ -232,8 +232,21 @@ pub struct Stats {
     pub sessions_closed: u64,
     /// UDP datagrams the kernel refused to send (the ARQ resends their contents).
     pub send_errors: u64,
-    /// DATAGRAM frames received and dropped because no UDP map serves them yet.
-    pub datagrams_dropped: u64,
+    /// UDP map flows open now (a gauge).
+    pub udp_flows: u64,
+    /// UDP map flows opened (on the `maps` side for new clients, on the `allow` side for the
+    /// peer's new flows).
+    pub udp_flows_opened: u64,
+    /// UDP map flows refused: `udp.max_flows` reached, a map id not in `allow`, or the two
+    /// nodes disagree on the map's proto.
+    pub udp_flows_refused: u64,
+    /// Datagrams received from UDP map clients and targets.
+    pub udp_datagrams_in: u64,
+    /// Datagrams sent to UDP map clients and targets.
+    pub udp_datagrams_out: u64,
+    /// UDP map datagrams dropped: no session or flow for them, malformed fragments, incomplete
+    /// datagrams given up on, full queues, sends the kernel refused.
+    pub udp_datagrams_dropped: u64,
     /// Datagrams that reached a shard other than the one owning their session (no steering
     /// program, a shard not yet started, a changed shard count) and were handed to the owner.
     pub packets_handed_over: u64,

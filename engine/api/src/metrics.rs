@@ -185,10 +185,40 @@ const SHARD_FAMILIES: &[Family<Stats>] = &[
         |s| s.sessions_closed as f64,
     ),
     (
-        "coretun_datagrams_dropped_total",
+        "coretun_udp_flows",
+        Kind::Gauge,
+        "UDP map flows open.",
+        |s| s.udp_flows as f64,
+    ),
+    (
+        "coretun_udp_flows_opened_total",
         Kind::Counter,
-        "DATAGRAM frames dropped (no UDP map serves them).",
-        |s| s.datagrams_dropped as f64,
+        "UDP map flows opened.",
+        |s| s.udp_flows_opened as f64,
+    ),
+    (
+        "coretun_udp_flows_refused_total",
+        Kind::Counter,
+        "UDP map flows refused (flow limit, map id not allowed, proto mismatch).",
+        |s| s.udp_flows_refused as f64,
+    ),
+    (
+        "coretun_udp_datagrams_in_total",
+        Kind::Counter,
+        "Datagrams received from UDP map clients and targets.",
+        |s| s.udp_datagrams_in as f64,
+    ),
+    (
+        "coretun_udp_datagrams_out_total",
+        Kind::Counter,
+        "Datagrams sent to UDP map clients and targets.",
+        |s| s.udp_datagrams_out as f64,
+    ),
+    (
+        "coretun_udp_datagrams_dropped_total",
+        Kind::Counter,
+        "UDP map datagrams dropped.",
+        |s| s.udp_datagrams_dropped as f64,
     ),
     (
         "coretun_packets_handed_over_total",

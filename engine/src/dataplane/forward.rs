@@ -31,6 +31,11 @@ pub(crate) mod reset_code {
     pub(crate) const CONNECTION_RESET: u64 = 3;
     /// A reload removed (or changed) the map or allow entry the stream belonged to.
     pub(crate) const MAP_REMOVED: u64 = 4;
+    /// A UDP map's flow saw no datagram for `udp.idle_timeout`.
+    pub(crate) const FLOW_IDLE: u64 = 5;
+    /// The two nodes disagree on the map's proto (a TCP map's stream reached a UDP allow
+    /// entry).
+    pub(crate) const PROTO_MISMATCH: u64 = 6;
 }
 
 /// How long a connect to an `allow` target may take.
@@ -169,6 +174,15 @@ impl Shard {
         stream: StreamId,
         map_id: u32,
     ) {
+        if self
+            .config
+            .allow
+            .iter()
+            .any(|a| a.id.0 == map_id && a.proto == engine_api::config::Proto::Udp)
+        {
+            self.udp_stream_opened(Instant::now(), session_id, stream, MapId(map_id));
+            return;
+        }
         let peer = self.peers.describe(session_id, &self.endpoint);
         let Some(allow) = self.config.allow.iter().find(|a| a.id.0 == map_id) else {
             self.counters.streams_refused += 1;
@@ -454,6 +468,18 @@ impl Shard {
     }
 
     pub(crate) fn on_stream_event(&mut self, session_id: SessionId, event: StreamEvent) {
+        let id = match event {
+            StreamEvent::Opened { id, .. }
+            | StreamEvent::Readable { id }
+            | StreamEvent::Finished { id }
+            | StreamEvent::Writable { id }
+            | StreamEvent::Reset { id, .. }
+            | StreamEvent::Closed { id } => id,
+        };
+        if self.udp_maps.owns_stream((session_id, id)) {
+            self.udp_stream_event(Instant::now(), session_id, event);
+            return;
+        }
         match event {
             StreamEvent::Opened { id, map_id } => self.on_stream_opened(session_id, id, map_id),
             StreamEvent::Readable { id } | StreamEvent::Finished { id } => {
@@ -487,6 +513,7 @@ impl Shard {
 
     /// Closes every connection carried by a session that ended.
     pub(crate) fn abort_session_conns(&mut self, session_id: SessionId) {
+        self.udp_session_closed(session_id);
         let indices: Vec<usize> = self
             .streams
             .iter()

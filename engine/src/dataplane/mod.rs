@@ -15,6 +15,8 @@ mod stats;
 mod steer;
 mod tcp;
 mod udp;
+mod udp_frame;
+mod udp_map;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -289,10 +291,18 @@ fn log_bound(config: &Config, bound: &Bound) {
     }
     for (map, addr) in config.maps.iter().zip(&bound.maps) {
         let peer = config.peers.get(map.peer).map_or("?", |p| p.name.as_str());
-        tracing::info!(map = %map.id, %addr, peer, "listening for TCP connections");
+        match map.proto {
+            engine_api::config::Proto::Tcp => {
+                tracing::info!(map = %map.id, %addr, peer, "listening for TCP connections");
+            }
+            engine_api::config::Proto::Udp => {
+                let mode = map.mode.unwrap_or_default();
+                tracing::info!(map = %map.id, %addr, peer, %mode, "listening for UDP datagrams");
+            }
+        }
     }
     for allow in &config.allow {
-        tracing::info!(map = %allow.id, target = %allow.target, "allowing streams to target");
+        tracing::info!(map = %allow.id, target = %allow.target, proto = %allow.proto, "allowing flows to target");
     }
 }
 

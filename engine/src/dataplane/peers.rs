@@ -420,14 +420,7 @@ impl Shard {
                 SessionEvent::Stream(stream_event) => {
                     self.on_stream_event(event.session, stream_event)
                 }
-                SessionEvent::DatagramReceived => {
-                    // UDP maps are not served yet: drop the payloads, counted.
-                    if let Some(session) = self.endpoint.session_mut(event.session) {
-                        while session.recv_datagram().is_some() {
-                            self.counters.datagrams_dropped += 1;
-                        }
-                    }
-                }
+                SessionEvent::DatagramReceived => self.udp_session_datagrams(now, event.session),
                 SessionEvent::Closed(CloseReason::FecMismatch { ours, theirs, peer }) => {
                     self.on_fec_mismatch(now, event.session, ours, theirs, peer.as_deref())
                 }

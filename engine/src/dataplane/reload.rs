@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use engine_api::config::{Config, ConfigChange, MapId, Peer};
+use engine_api::config::{Config, ConfigChange, MapId, Peer, Proto};
 use engine_proto::SessionConfig;
 
 use super::control::{ShardHandle, ShardMsg};
@@ -174,11 +174,19 @@ fn check_listen(running: &Config, config: &Config, change: &ConfigChange) -> Res
         .iter()
         .filter(|m| change.maps_added.contains(&m.id))
     {
-        let ours = running.maps.iter().any(|m| m.listen == map.listen);
+        let ours = running
+            .maps
+            .iter()
+            .any(|m| m.listen == map.listen && m.proto == map.proto);
         if map.listen.port() != 0 && !ours {
-            tcp::listen(map.listen).map_err(|err| {
-                format!("map {}: cannot listen on TCP {}: {err}", map.id, map.listen)
-            })?;
+            match map.proto {
+                Proto::Tcp => tcp::listen(map.listen).map(drop).map_err(|err| {
+                    format!("map {}: cannot listen on TCP {}: {err}", map.id, map.listen)
+                })?,
+                Proto::Udp => super::udp::bind_map(map.listen).map(drop).map_err(|err| {
+                    format!("map {}: cannot bind UDP {}: {err}", map.id, map.listen)
+                })?,
+            }
         }
     }
     Ok(())
@@ -302,6 +310,7 @@ impl Shard {
         for index in removed {
             self.close_removed(index);
         }
+        self.udp_reconfigure(&change.maps_removed, &change.allow_removed);
         self.config = plan.config.clone();
         self.reconfigure_peers(
             now,
@@ -344,6 +353,22 @@ impl Shard {
     }
 
     fn add_listener(&mut self, id: MapId, addr: SocketAddr) -> Result<(MapId, SocketAddr), String> {
+        let udp = self
+            .config
+            .maps
+            .iter()
+            .any(|m| m.id == id && m.proto == Proto::Udp);
+        if udp {
+            let fd = super::udp::bind_map(addr)
+                .map_err(|err| format!("map {id}: cannot bind UDP {addr}: {err}"))?;
+            let local = tcp::local_addr(&fd).map_err(|err| format!("map {id}: {err}"))?;
+            let i = self.udp_maps.add_listener(fd, id);
+            if self.index == 0 {
+                tracing::info!(map = %id, addr = %local, "map added: listening for UDP datagrams");
+            }
+            self.arm_udp_listener(i);
+            return Ok((id, local));
+        }
         let fd = tcp::listen(addr)
             .map_err(|err| format!("map {id}: cannot listen on TCP {addr}: {err}"))?;
         let local = tcp::local_addr(&fd).map_err(|err| format!("map {id}: {err}"))?;

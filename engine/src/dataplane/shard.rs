@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine_api::config::{Config, MapId};
+use engine_api::config::{Config, MapId, Proto};
 use engine_proto::wire::{SessionId, StreamId};
 use engine_proto::{Endpoint, EndpointConfig};
 
@@ -26,6 +26,7 @@ use super::io::{BackendKind, Completion, Io, IoOp, Op, Token};
 use super::peers::Peers;
 use super::stats::{Counters, Telemetry};
 use super::udp::{self, SendSlot};
+use super::udp_map::UdpMaps;
 use super::{steer, tcp};
 
 /// GSO sends in flight at once.
@@ -99,6 +100,8 @@ pub(crate) struct Shard {
     /// emptied by a reload stays in place (and is reused by a later one).
     pub(crate) listeners: Vec<Option<Listener>>,
     pub(crate) conns: Conns,
+    /// UDP map listeners and flows.
+    pub(crate) udp_maps: UdpMaps,
     pub(crate) streams: HashMap<(SessionId, StreamId), usize>,
     pub(crate) peers: Peers,
     pub(crate) counters: Counters,
@@ -134,21 +137,25 @@ impl Shard {
             }
         }
         let mut listeners = Vec::new();
+        let mut udp_maps = UdpMaps::default();
         let mut maps = Vec::new();
         for (i, addr) in setup.map_addrs.iter().enumerate() {
+            let map = &setup.config.maps[i];
+            if map.proto == Proto::Udp {
+                let fd = udp::bind_map(*addr).map_err(|err| {
+                    annotate(err, format!("map {}: cannot bind UDP {addr}", map.id))
+                })?;
+                maps.push(tcp::local_addr(&fd)?);
+                udp_maps.add_listener(fd, map.id);
+                continue;
+            }
             let fd = tcp::listen(*addr).map_err(|err| {
-                annotate(
-                    err,
-                    format!(
-                        "map {}: cannot listen on TCP {addr}",
-                        setup.config.maps[i].id
-                    ),
-                )
+                annotate(err, format!("map {}: cannot listen on TCP {addr}", map.id))
             })?;
             maps.push(tcp::local_addr(&fd)?);
             listeners.push(Some(Listener {
                 fd,
-                map: setup.config.maps[i].id,
+                map: map.id,
                 armed: false,
                 retry_at: None,
                 retired: false,
@@ -171,6 +178,7 @@ impl Shard {
             gso: setup.gso,
             listeners,
             conns: Conns::default(),
+            udp_maps,
             streams: HashMap::new(),
             peers,
             counters: Counters::default(),
@@ -212,6 +220,7 @@ impl Shard {
         for i in 0..self.listeners.len() {
             self.arm_accept(i);
         }
+        self.udp_start();
         self.peers_start(now);
         loop {
             let now = Instant::now();
@@ -222,6 +231,7 @@ impl Shard {
             }
             self.handle_endpoint_events(now);
             self.peers_timers(now);
+            self.udp_timers(now);
             self.rearm_starved();
             self.retry_accepts(now);
             self.flush_transmits(now);
@@ -241,6 +251,7 @@ impl Shard {
         let deadline = [
             self.endpoint.poll_timeout(),
             self.peers_deadline(),
+            self.udp_deadline(),
             self.listeners
                 .iter()
                 .flatten()
@@ -339,9 +350,16 @@ impl Shard {
                 Op::Wake => self.on_wake(now, c.result),
                 // The accept's own completion (cancelled) frees the listener.
                 Op::CancelAccept => {}
+                Op::UdpMapRecv => self.on_udp_map_recv(now, c),
+                Op::UdpFlowRecv => self.on_udp_flow_recv(now, c),
+                Op::UdpFlowCancel => self.on_udp_flow_cancel(token),
+                Op::UdpMapCancel => self.on_udp_map_cancel(token),
             }
         }
         self.completions = completions;
+        if self.shutdown_at.is_none() {
+            self.udp_rearm();
+        }
         if !self.udp_recv_armed {
             self.arm_udp_recv();
         }

@@ -46,11 +46,15 @@ pub(crate) struct Counters {
     pub(crate) connects_failed: u64,
     pub(crate) session_waits_expired: u64,
     pub(crate) sessions_closed: u64,
-    pub(crate) datagrams_dropped: u64,
     pub(crate) packets_handed_over: u64,
     pub(crate) packets_taken_over: u64,
     pub(crate) handover_dropped: u64,
     pub(crate) connections_handed_over: u64,
+    pub(crate) udp_flows_opened: u64,
+    pub(crate) udp_flows_refused: u64,
+    pub(crate) udp_map_datagrams_in: u64,
+    pub(crate) udp_map_datagrams_out: u64,
+    pub(crate) udp_map_datagrams_dropped: u64,
 }
 
 /// Which side of forwarding a connection is on.
@@ -206,7 +210,12 @@ pub(crate) fn snapshot(shard: &Shard) -> ShardStats {
         session_waits_expired: c.session_waits_expired,
         sessions_closed: c.sessions_closed,
         send_errors: c.udp_send_errors,
-        datagrams_dropped: c.datagrams_dropped,
+        udp_flows: shard.udp_maps.open_flows() as u64,
+        udp_flows_opened: c.udp_flows_opened,
+        udp_flows_refused: c.udp_flows_refused,
+        udp_datagrams_in: c.udp_map_datagrams_in,
+        udp_datagrams_out: c.udp_map_datagrams_out,
+        udp_datagrams_dropped: c.udp_map_datagrams_dropped,
         packets_handed_over: c.packets_handed_over,
         packets_taken_over: c.packets_taken_over,
         handover_dropped: c.handover_dropped,
@@ -440,7 +449,12 @@ pub(crate) fn add(total: &mut Stats, shard: &Stats) {
     total.session_waits_expired += shard.session_waits_expired;
     total.sessions_closed += shard.sessions_closed;
     total.send_errors += shard.send_errors;
-    total.datagrams_dropped += shard.datagrams_dropped;
+    total.udp_flows += shard.udp_flows;
+    total.udp_flows_opened += shard.udp_flows_opened;
+    total.udp_flows_refused += shard.udp_flows_refused;
+    total.udp_datagrams_in += shard.udp_datagrams_in;
+    total.udp_datagrams_out += shard.udp_datagrams_out;
+    total.udp_datagrams_dropped += shard.udp_datagrams_dropped;
     total.packets_handed_over += shard.packets_handed_over;
     total.packets_taken_over += shard.packets_taken_over;
     total.handover_dropped += shard.handover_dropped;

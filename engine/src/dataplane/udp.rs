@@ -31,6 +31,43 @@ pub(crate) fn bind(addr: SocketAddr, gro: bool) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Opens a non-blocking UDP socket on an ephemeral port, connected to `target`: one UDP map
+/// flow's socket on the `allow` side, so the target's replies come back to it alone.
+pub(crate) fn connect(target: SocketAddr) -> io::Result<OwnedFd> {
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.connect(&target.into())?;
+    Ok(OwnedFd::from(socket))
+}
+
+/// Sends one datagram on a connected socket, without waiting.
+pub(crate) fn send(fd: &OwnedFd, data: &[u8]) -> io::Result<()> {
+    // SAFETY: a valid buffer for the duration of the call.
+    let rc = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Grows a UDP map listener's buffers like the tunnel socket's: bursts from many clients wait
+/// there for the shard's next round.
+pub(crate) fn bind_map(addr: SocketAddr) -> io::Result<OwnedFd> {
+    bind(addr, false)
+}
+
 fn grow_buffers(socket: &Socket) {
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),

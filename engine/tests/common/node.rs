@@ -45,6 +45,10 @@ pub struct NodeConfig {
     pub maps: Vec<(u32, SocketAddr, String)>,
     /// `(id, target)`.
     pub allow: Vec<(u32, SocketAddr)>,
+    /// UDP `maps` entries: id, listen address, peer, mode.
+    pub udp_maps: Vec<(u32, SocketAddr, String, String)>,
+    /// UDP `allow` entries.
+    pub udp_allow: Vec<(u32, SocketAddr)>,
     pub control: PathBuf,
     pub log_level: String,
     /// Dataplane shards (`CORETUN_TEST_SHARDS`, default 1).
@@ -70,6 +74,8 @@ impl NodeConfig {
             peers: Vec::new(),
             maps: Vec::new(),
             allow: Vec::new(),
+            udp_maps: Vec::new(),
+            udp_allow: Vec::new(),
             control: dir.path().join(format!("{name}.sock")),
             log_level: std::env::var("CORETUN_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
             shards: std::env::var("CORETUN_TEST_SHARDS")
@@ -114,6 +120,18 @@ impl NodeConfig {
         self
     }
 
+    /// A `proto: udp` map with `mode` (`datagram` or `reliable`).
+    pub fn udp_map(mut self, id: u32, listen: SocketAddr, peer: &str, mode: &str) -> Self {
+        self.udp_maps
+            .push((id, listen, peer.to_owned(), mode.to_owned()));
+        self
+    }
+
+    pub fn udp_allow(mut self, id: u32, target: SocketAddr) -> Self {
+        self.udp_allow.push((id, target));
+        self
+    }
+
     /// The listen address of map `id`.
     pub fn map_addr(&self, id: u32) -> SocketAddr {
         self.maps
@@ -153,16 +171,34 @@ impl NodeConfig {
                 line(format!("    addr: {addr}"));
             }
         }
-        line(list_header("maps", self.maps.is_empty()));
+        line(list_header(
+            "maps",
+            self.maps.is_empty() && self.udp_maps.is_empty(),
+        ));
         for (id, listen, peer) in &self.maps {
             line(format!("  - id: {id}"));
             line(format!("    listen: {listen}"));
             line(format!("    peer: {peer}"));
         }
-        line(list_header("allow", self.allow.is_empty()));
+        for (id, listen, peer, mode) in &self.udp_maps {
+            line(format!("  - id: {id}"));
+            line(format!("    listen: {listen}"));
+            line(format!("    peer: {peer}"));
+            line("    proto: udp".to_owned());
+            line(format!("    mode: {mode}"));
+        }
+        line(list_header(
+            "allow",
+            self.allow.is_empty() && self.udp_allow.is_empty(),
+        ));
         for (id, target) in &self.allow {
             line(format!("  - id: {id}"));
             line(format!("    target: {target}"));
+        }
+        for (id, target) in &self.udp_allow {
+            line(format!("  - id: {id}"));
+            line(format!("    target: {target}"));
+            line("    proto: udp".to_owned());
         }
         line("control:".to_owned());
         line(format!("  socket: {}", self.control.display()));

@@ -21,11 +21,11 @@ use serde_saphyr::{MessageFormatter, UserMessageFormatter};
 
 use super::error::{ConfigError, Position};
 use super::raw::{
-    self, RawAllow, RawConfig, RawCpus, RawFec, RawFecTable, RawIo, RawMap, RawPeer, S,
+    self, RawAllow, RawConfig, RawCpus, RawFec, RawFecTable, RawIo, RawMap, RawPeer, RawUdp, S,
 };
 use super::{
-    Allow, Backend, Config, Control, DEFAULT_CONTROL_SOCKET, Io, Log, Map, MapId, Peer, Proto,
-    Rate, Shards, Transport,
+    Allow, Backend, Config, Control, DEFAULT_CONTROL_SOCKET, Io, Log, MAX_UDP_FLOWS, Map, MapId,
+    Peer, Proto, Rate, Shards, Transport, Udp, UdpMode,
 };
 
 /// Default for `mtu`.
@@ -262,6 +262,12 @@ impl Converter<'_> {
             listen.is_some(),
         )?;
         let allow = self.allow(raw.allow.as_deref().unwrap_or_default())?;
+        let udp = raw
+            .udp
+            .as_ref()
+            .map(|udp| self.udp(udp))
+            .transpose()?
+            .unwrap_or_default();
         let control = Control {
             socket: match raw.control.as_ref().and_then(|c| c.socket.as_ref()) {
                 Some(socket) if socket.value.trim().is_empty() => {
@@ -299,6 +305,7 @@ impl Converter<'_> {
             peers,
             maps,
             allow,
+            udp,
             control,
             log,
         })
@@ -788,13 +795,70 @@ impl Converter<'_> {
         };
         match value.value.trim() {
             "tcp" => Ok(Proto::Tcp),
-            "udp" => Err(self.at(value, field, "udp maps are not supported yet")),
+            "udp" => Ok(Proto::Udp),
             other => Err(self.at(
                 value,
                 field,
-                format!("unknown proto {other:?}, expected tcp"),
+                format!("unknown proto {other:?}, expected tcp or udp"),
             )),
         }
+    }
+
+    /// A map's `mode`: only for UDP maps, `datagram` unless given.
+    fn mode(
+        &self,
+        value: Option<&S<String>>,
+        proto: Proto,
+        field: &str,
+    ) -> Result<Option<UdpMode>> {
+        match (proto, value) {
+            (Proto::Tcp, None) => Ok(None),
+            (Proto::Tcp, Some(value)) => Err(self.at(
+                value,
+                field,
+                "mode applies to udp maps only (add proto: udp, or remove mode)",
+            )),
+            (Proto::Udp, None) => Ok(Some(UdpMode::Datagram)),
+            (Proto::Udp, Some(value)) => match value.value.trim() {
+                "datagram" => Ok(Some(UdpMode::Datagram)),
+                "reliable" => Ok(Some(UdpMode::Reliable)),
+                other => Err(self.at(
+                    value,
+                    field,
+                    format!("unknown mode {other:?}, expected datagram or reliable"),
+                )),
+            },
+        }
+    }
+
+    fn udp(&self, raw: &RawUdp) -> Result<Udp> {
+        let defaults = Udp::default();
+        let idle_timeout = raw
+            .idle_timeout
+            .as_ref()
+            .map(|t| self.duration(t, "udp.idle_timeout"))
+            .transpose()?
+            .unwrap_or(defaults.idle_timeout);
+        let max_flows = match &raw.max_flows {
+            None => defaults.max_flows,
+            Some(value) => usize::try_from(value.value)
+                .ok()
+                .filter(|n| (1..=MAX_UDP_FLOWS).contains(n))
+                .ok_or_else(|| {
+                    self.at(
+                        value,
+                        "udp.max_flows",
+                        format!(
+                            "invalid max_flows {}: expected 1 to {MAX_UDP_FLOWS}",
+                            value.value
+                        ),
+                    )
+                })?,
+        };
+        Ok(Udp {
+            idle_timeout,
+            max_flows,
+        })
     }
 
     fn peers(&self, raw: &[RawPeer]) -> Result<Vec<Peer>> {
@@ -871,11 +935,13 @@ impl Converter<'_> {
                 ));
             }
             let proto = self.proto(map.proto.as_ref(), &format!("maps[{i}].proto"))?;
+            let mode = self.mode(map.mode.as_ref(), proto, &format!("maps[{i}].mode"))?;
             maps.push(Map {
                 id: MapId(map.id.value),
                 listen,
                 peer,
                 proto,
+                mode,
             });
         }
         Ok(maps)
@@ -1345,13 +1411,15 @@ log:
                     id: MapId(100),
                     listen: "127.0.0.1:8080".parse().unwrap(),
                     peer: 0,
-                    proto: Proto::Tcp
+                    proto: Proto::Tcp,
+                    mode: None
                 },
                 Map {
                     id: MapId(101),
                     listen: "[::1]:0".parse().unwrap(),
                     peer: 1,
-                    proto: Proto::Tcp
+                    proto: Proto::Tcp,
+                    mode: None
                 }
             ]
         );
@@ -2125,19 +2193,72 @@ maps:
     fn proto() {
         let base = "peers: [{name: s, addr: 127.0.0.1:4000}]\nmaps:\n  - id: 1\n    listen: \
                     127.0.0.1:1\n    peer: s\n";
-        fails(
-            &with_key(&format!("{base}    proto: udp\n")),
-            7,
-            12,
-            "maps[0].proto",
-            "udp maps are not supported yet",
-        );
+        let config = ok(&with_key(&format!("{base}    proto: udp\n")));
+        assert_eq!(config.maps[0].proto, Proto::Udp);
+        assert_eq!(config.maps[0].mode, Some(UdpMode::Datagram));
+        let config = ok(&with_key(&format!(
+            "{base}    proto: udp\n    mode: reliable\n"
+        )));
+        assert_eq!(config.maps[0].mode, Some(UdpMode::Reliable));
+        assert_eq!(ok(&with_key(base)).maps[0].mode, None);
+        let config = ok(&with_key(
+            "allow:\n  - {id: 1, target: 127.0.0.1:1, proto: udp}\n",
+        ));
+        assert_eq!(config.allow[0].proto, Proto::Udp);
         fails(
             &with_key("allow:\n  - {id: 1, target: 127.0.0.1:1, proto: sctp}\n"),
             3,
             41,
             "allow[0].proto",
-            "unknown proto \"sctp\", expected tcp",
+            "unknown proto \"sctp\", expected tcp or udp",
+        );
+        fails(
+            &with_key(&format!("{base}    mode: reliable\n")),
+            7,
+            11,
+            "maps[0].mode",
+            "mode applies to udp maps only",
+        );
+        fails(
+            &with_key(&format!("{base}    proto: udp\n    mode: lossy\n")),
+            8,
+            11,
+            "maps[0].mode",
+            "unknown mode \"lossy\", expected datagram or reliable",
+        );
+    }
+
+    #[test]
+    fn udp_limits() {
+        let config = ok(&with_key(""));
+        assert_eq!(config.udp, Udp::default());
+        assert_eq!(config.udp.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.udp.max_flows, 1024);
+        let config = ok(&with_key("udp: {idle_timeout: 1.5s, max_flows: 7}\n"));
+        assert_eq!(config.udp.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(config.udp.max_flows, 7);
+        let config = ok(&with_key("udp:\n  max_flows: 3\n"));
+        assert_eq!(config.udp.idle_timeout, Duration::from_secs(60));
+        fails(
+            &with_key("udp:\n  idle_timeout: soon\n"),
+            3,
+            17,
+            "udp.idle_timeout",
+            "invalid duration \"soon\"",
+        );
+        fails(
+            &with_key("udp:\n  max_flows: 0\n"),
+            3,
+            14,
+            "udp.max_flows",
+            "invalid max_flows 0: expected 1 to 1048576",
+        );
+        fails(
+            &with_key("udp:\n  flows: 3\n"),
+            3,
+            3,
+            "udp",
+            "unknown field",
         );
     }
 

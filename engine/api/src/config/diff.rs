@@ -59,6 +59,15 @@ impl Config {
         diff_peers(old, new, &mut change);
         diff_maps(old, new, &mut change);
         diff_allow(old, new, &mut change);
+        if old.udp != new.udp {
+            change.applied.push(format!(
+                "udp: idle_timeout {} -> {}, max_flows {} -> {} (for flows from now on)",
+                super::convert::DurationText(old.udp.idle_timeout),
+                super::convert::DurationText(new.udp.idle_timeout),
+                old.udp.max_flows,
+                new.udp.max_flows
+            ));
+        }
         if old.log.level != new.log.level {
             change
                 .applied
@@ -219,7 +228,11 @@ fn diff_peers(old: &Config, new: &Config, change: &mut ConfigChange) {
 fn diff_maps(old: &Config, new: &Config, change: &mut ConfigChange) {
     let describe = |config: &Config, map: &Map| {
         let peer = config.peers.get(map.peer).map_or("?", |p| p.name.as_str());
-        format!("{} {} -> peer {peer}", map.proto, map.listen)
+        let proto = match map.mode {
+            Some(mode) => format!("{} ({mode})", map.proto),
+            None => map.proto.to_string(),
+        };
+        format!("{proto} {} -> peer {peer}", map.listen)
     };
     for map in &old.maps {
         let before = describe(old, map);

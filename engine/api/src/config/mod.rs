@@ -52,6 +52,8 @@ pub struct Config {
     pub peers: Vec<Peer>,
     pub maps: Vec<Map>,
     pub allow: Vec<Allow>,
+    /// Limits of UDP maps' flows (`udp:`), on both the maps and the allow side.
+    pub udp: Udp,
     pub control: Control,
     pub log: Log,
 }
@@ -151,6 +153,8 @@ pub struct Map {
     /// Index into [`Config::peers`].
     pub peer: usize,
     pub proto: Proto,
+    /// How a UDP map carries its datagrams (`mode:`); `None` for TCP maps.
+    pub mode: Option<UdpMode>,
 }
 
 /// Liteflow's `allow_list` entry: a stream tagged `id` from any peer is connected to `target`.
@@ -166,7 +170,47 @@ pub struct Allow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
     Tcp,
+    /// Each client address of a `maps` entry is a flow; the `allow` side sends each flow's
+    /// datagrams to the target from a socket of its own.
+    Udp,
 }
+
+/// How a UDP map's datagrams cross the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UdpMode {
+    /// Unreliable, unordered DATAGRAM frames (FEC-protected when FEC is on), never held back
+    /// behind lost data; datagrams larger than a packet are fragmented and reassembled.
+    #[default]
+    Datagram,
+    /// One stream per flow: ordered and lossless, like Liteflow's UDP forwarding.
+    Reliable,
+}
+
+/// Limits of UDP flows (`udp:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Udp {
+    /// A flow with no datagram either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most flows open at once on this node (split evenly between its shards); datagrams that
+    /// would start another are dropped and counted.
+    pub max_flows: usize,
+}
+
+impl Default for Udp {
+    fn default() -> Self {
+        Self {
+            idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
+            max_flows: DEFAULT_UDP_MAX_FLOWS,
+        }
+    }
+}
+
+/// `udp.idle_timeout` unless the config says otherwise.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `udp.max_flows` unless the config says otherwise.
+pub const DEFAULT_UDP_MAX_FLOWS: usize = 1024;
+/// The highest `udp.max_flows` accepted.
+pub const MAX_UDP_FLOWS: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Control {
@@ -300,6 +344,9 @@ impl Config {
             let peer = self.peers.get(map.peer).map_or("?", |p| p.name.as_str());
             writeln!(out, "    peer: {}", quote(peer))?;
             writeln!(out, "    proto: {}", map.proto)?;
+            if let Some(mode) = map.mode {
+                writeln!(out, "    mode: {mode}")?;
+            }
         }
         if self.allow.is_empty() {
             writeln!(out, "allow: []")?;
@@ -311,6 +358,13 @@ impl Config {
             writeln!(out, "    target: {}", addr(allow.target))?;
             writeln!(out, "    proto: {}", allow.proto)?;
         }
+        writeln!(out, "udp:")?;
+        writeln!(
+            out,
+            "  idle_timeout: {}",
+            convert::DurationText(self.udp.idle_timeout)
+        )?;
+        writeln!(out, "  max_flows: {}", self.udp.max_flows)?;
         writeln!(out, "control:")?;
         writeln!(
             out,
@@ -357,7 +411,24 @@ impl Proto {
     pub fn name(self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
         }
+    }
+}
+
+impl UdpMode {
+    /// The name the config file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            UdpMode::Datagram => "datagram",
+            UdpMode::Reliable => "reliable",
+        }
+    }
+}
+
+impl fmt::Display for UdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -438,8 +509,12 @@ peers:
 maps:
   - {{id: 100, listen: \"[::1]:2222\", peer: server}}
   - {{id: 4294967295, listen: 127.0.0.1:0, peer: laptop}}
+  - {{id: 7, listen: 127.0.0.1:53, peer: server, proto: udp}}
+  - {{id: 8, listen: 127.0.0.1:54, peer: server, proto: udp, mode: reliable}}
 allow:
   - {{id: 100, target: 127.0.0.1:22}}
+  - {{id: 9, target: 127.0.0.1:53, proto: udp}}
+udp: {{idle_timeout: 90s, max_flows: 10}}
 control:
   socket: \"/tmp/odd # path: x\"
 log:

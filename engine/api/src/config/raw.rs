@@ -47,6 +47,7 @@ pub(super) struct RawConfig {
     pub peers: Option<Vec<RawPeer>>,
     pub maps: Option<Vec<RawMap>>,
     pub allow: Option<Vec<RawAllow>>,
+    pub udp: Option<RawUdp>,
     pub control: Option<RawControl>,
     pub log: Option<RawLog>,
 }
@@ -72,6 +73,7 @@ pub(super) struct RawMap {
     pub listen: S<String>,
     pub peer: S<String>,
     pub proto: Option<S<String>>,
+    pub mode: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +82,13 @@ pub(super) struct RawAllow {
     pub id: S<u32>,
     pub target: S<String>,
     pub proto: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUdp {
+    pub idle_timeout: Option<S<String>>,
+    pub max_flows: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -321,6 +321,21 @@ impl Session {
         self.streams.map_id(id)
     }
 
+    /// The largest payload [`Session::send_datagram`] accepts: what one DATAGRAM frame can
+    /// carry in a packet of this session's size (less the FEC parity header when FEC is on).
+    pub fn max_datagram_len(&self) -> usize {
+        let room = self.config.max_payload();
+        // The frame is a type byte, a varint length and the data: the shortest length prefix
+        // that can still say the length gives the largest payload.
+        [1, 2, 4, 8]
+            .into_iter()
+            .find_map(|prefix| {
+                let len = room.checked_sub(1 + prefix)?;
+                (crate::wire::varint_len(len as u64) <= prefix).then_some(len)
+            })
+            .unwrap_or(0)
+    }
+
     /// Queues an unreliable datagram. It is dropped (and counted) if it can never fit a packet.
     pub fn send_datagram(&mut self, data: &[u8]) -> bool {
         if (Frame::Datagram { data }).encoded_len() > self.config.max_payload() {

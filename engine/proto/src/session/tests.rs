@@ -276,6 +276,7 @@ fn datagrams_arrive_whole_and_oversized_ones_are_refused() {
     let now = Instant::now();
     let s = client.session_mut(cid).unwrap();
     let max = s.config().max_payload() - 3; // DATAGRAM frame: type and a 2-byte length
+    assert_eq!(s.max_datagram_len(), max);
     assert!(s.send_datagram(b"one"));
     assert!(s.send_datagram(&vec![9u8; max]));
     assert!(!s.send_datagram(&vec![9u8; max + 1]));
@@ -448,4 +449,27 @@ fn a_dialler_from_before_fec_gets_no_answer_from_a_node_with_fec_on() {
         server.poll_event().map(|e| e.kind),
         Some(SessionEvent::Closed(CloseReason::FecMismatch { .. }))
     ));
+}
+
+/// `max_datagram_len` is exactly the largest payload `send_datagram` takes, with FEC on (whose
+/// parity header shrinks packets) and off, and such a datagram arrives whole.
+#[test]
+fn max_datagram_len_is_the_largest_accepted_payload() {
+    for fec in [crate::FecConfig::OFF, crate::FecConfig::ADAPTIVE] {
+        let (mut client, mut server) = fec_endpoints(fec, fec);
+        let server_addr: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let client_addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let now = Instant::now();
+        let cid = client.connect(now, server_addr);
+        exchange(&mut client, &mut server, client_addr, server_addr, now);
+        let s = client.session_mut(cid).unwrap();
+        let max = s.max_datagram_len();
+        assert!(max > 1000 && max < s.config().mtu, "{max}");
+        assert!(!s.send_datagram(&vec![1u8; max + 1]));
+        assert!(s.send_datagram(&vec![2u8; max]));
+        exchange(&mut client, &mut server, client_addr, server_addr, now);
+        let sid = server.sessions().next().unwrap().local_id();
+        let got = server.session_mut(sid).unwrap().recv_datagram();
+        assert_eq!(got, Some(vec![2u8; max]));
+    }
 }

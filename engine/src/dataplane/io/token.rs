@@ -29,6 +29,14 @@ pub(crate) enum Op {
     /// A cancellation of listener `index`'s accept (the listener's map was removed by a
     /// reload); the accept's own completion says when the listener may close.
     CancelAccept,
+    /// The multishot receive on UDP map listener `index`.
+    UdpMapRecv,
+    /// The multishot receive on UDP flow `index`'s socket to its target.
+    UdpFlowRecv,
+    /// A cancellation of UDP flow `index`'s receive (the flow is closing).
+    UdpFlowCancel,
+    /// A cancellation of UDP map listener `index`'s receive (a reload removed its map).
+    UdpMapCancel,
 }
 
 impl Op {
@@ -44,6 +52,10 @@ impl Op {
             8 => Self::Cancel,
             9 => Self::Wake,
             10 => Self::CancelAccept,
+            11 => Self::UdpMapRecv,
+            12 => Self::UdpFlowRecv,
+            13 => Self::UdpFlowCancel,
+            14 => Self::UdpMapCancel,
             _ => return None,
         })
     }
@@ -93,6 +105,10 @@ mod tests {
             Op::Wake,
             Op::Cancel,
             Op::CancelAccept,
+            Op::UdpMapRecv,
+            Op::UdpFlowRecv,
+            Op::UdpFlowCancel,
+            Op::UdpMapCancel,
         ] {
             let token = Token::new(op, 0x12_3456, 0xdead_beef);
             assert_eq!(Token::from_user_data(token.to_user_data()), Some(token));
