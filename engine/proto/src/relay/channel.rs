@@ -139,7 +139,7 @@ impl RecordKey {
 
 enum State {
     /// Visitor: message 1 sent, waiting for message 2.
-    Initiating(Initiator),
+    Initiating(Box<Initiator>),
     /// Service node: waiting for message 1.
     Responding {
         psk: Psk,
@@ -182,7 +182,7 @@ impl Channel {
         rng.fill_bytes(&mut seed);
         let mut msg1 = Vec::new();
         let init = Initiator::start(psk, seed, INITIATOR_PAYLOAD, &mut msg1)?;
-        let mut channel = Self::new(State::Initiating(init));
+        let mut channel = Self::new(State::Initiating(Box::new(init)));
         push_frame(&mut channel.output, &msg1)?;
         Ok(channel)
     }
