@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod endpoint;
 pub mod fec;
 pub mod mux;
+pub mod relay;
 pub mod session;
 pub mod wire;
 
