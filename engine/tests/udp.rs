@@ -94,6 +94,9 @@ struct UdpTunnel {
     client: Engine,
     server: Engine,
     map: SocketAddr,
+    /// The client's shards: a dialling node has one session per shard, and a client socket's
+    /// datagrams reach whichever shard the kernel's hash picks.
+    shards: usize,
     _dir: TestDir,
 }
 
@@ -125,6 +128,7 @@ fn udp_tunnel(
         client,
         server,
         map,
+        shards: client_config.shards,
         _dir: dir,
     }
 }
@@ -288,11 +292,11 @@ fn a_reliable_map_delivers_every_datagram_in_order_over_a_lossy_path() {
     let sink = UdpServer::start(false);
     let (tunnel, relay) = lossy_udp_tunnel("udp-reliable", "reliable", sink.addr, &[]);
     // The session comes up first: the first datagram opens the flow's stream.
-    tunnel
-        .client
-        .wait_stats("a session with the server", SESSION_TIMEOUT, |s| {
-            s.sessions > 0
-        });
+    tunnel.client.wait_stats(
+        "a session with the server on every shard",
+        SESSION_TIMEOUT,
+        |s| s.sessions >= tunnel.shards as u64,
+    );
     send_numbered(tunnel.map, &sink, COUNT, 64, LOSSY_TIMEOUT);
     let deadline = Instant::now() + LOSSY_TIMEOUT;
     while sink.count() < u64::from(COUNT) && Instant::now() < deadline {
@@ -322,11 +326,11 @@ fn a_datagram_map_with_fec_delivers_nearly_everything_over_a_lossy_path() {
         sink.addr,
         &["fec: {mode: fixed, data: 8, parity: 3}"],
     );
-    tunnel
-        .client
-        .wait_stats("a session with the server", SESSION_TIMEOUT, |s| {
-            s.sessions > 0
-        });
+    tunnel.client.wait_stats(
+        "a session with the server on every shard",
+        SESSION_TIMEOUT,
+        |s| s.sessions >= tunnel.shards as u64,
+    );
     // Lost datagrams are never made up: a short patience keeps the window moving.
     send_numbered(tunnel.map, &sink, COUNT, 64, Duration::from_millis(20));
     // Let the stragglers arrive.
