@@ -124,6 +124,12 @@ fn udp_tunnel(
     }
     let server = Engine::start(&dir, "server", &server_config);
     let client = Engine::start(&dir, "client", &client_config);
+    // A client socket's datagrams reach whichever client shard the kernel's hash picks, and a
+    // shard without its session yet drops them (counted): wait for every shard's session.
+    let shards = client_config.shards as u64;
+    client.wait_stats("a session on every shard", SESSION_TIMEOUT, |s| {
+        s.sessions >= shards
+    });
     UdpTunnel {
         client,
         server,
