@@ -468,14 +468,7 @@ impl Shard {
     }
 
     pub(crate) fn on_stream_event(&mut self, session_id: SessionId, event: StreamEvent) {
-        let id = match event {
-            StreamEvent::Opened { id, .. }
-            | StreamEvent::Readable { id }
-            | StreamEvent::Finished { id }
-            | StreamEvent::Writable { id }
-            | StreamEvent::Reset { id, .. }
-            | StreamEvent::Closed { id } => id,
-        };
+        let id = event.id();
         if self.udp_maps.owns_stream((session_id, id)) {
             self.udp_stream_event(Instant::now(), session_id, event);
             return;

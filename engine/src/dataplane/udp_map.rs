@@ -619,14 +619,7 @@ impl Shard {
         session_id: SessionId,
         event: StreamEvent,
     ) {
-        let id = match event {
-            StreamEvent::Opened { id, .. }
-            | StreamEvent::Readable { id }
-            | StreamEvent::Finished { id }
-            | StreamEvent::Writable { id }
-            | StreamEvent::Reset { id, .. }
-            | StreamEvent::Closed { id } => id,
-        };
+        let id = event.id();
         let Some(&index) = self.udp_maps.by_stream.get(&(session_id, id)) else {
             return;
         };

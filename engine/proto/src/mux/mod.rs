@@ -106,6 +106,20 @@ pub enum StreamEvent {
     Closed { id: StreamId },
 }
 
+impl StreamEvent {
+    /// The stream the event is about.
+    pub fn id(&self) -> StreamId {
+        match *self {
+            StreamEvent::Opened { id, .. }
+            | StreamEvent::Readable { id }
+            | StreamEvent::Writable { id }
+            | StreamEvent::Finished { id }
+            | StreamEvent::Reset { id, .. }
+            | StreamEvent::Closed { id } => id,
+        }
+    }
+}
+
 /// What [`Streams::read`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadOutcome {
